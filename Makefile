@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test lint train-sentiment compare-sentiment clean
+.PHONY: install data test lint train-sentiment compare-sentiment train-forecast train-translate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ train-sentiment: data
 
 compare-sentiment: data
 	$(PY) -m training.compare_cells --out runs/compare
+
+train-forecast: data
+	$(PY) -m training forecast --out runs/forecast
+
+train-translate: data
+	$(PY) -m training translate --out runs/translate
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
