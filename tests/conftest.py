@@ -1,0 +1,12 @@
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.exists():
+        pytest.fail("data/ is missing: run `make data` (make test does it first)")
+    return DATA
