@@ -46,11 +46,16 @@ class Seq2SeqConfig:
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Reverse ``x`` (B, S, …) along S inside each sequence's length; padding stays in place."""
+    """Reverse ``x`` (B, S, …) along S inside each sequence's length; padding stays in place.
+
+    Advanced indexing rather than ``gather(…, index.expand_as(x))``: the dynamo ONNX exporter
+    (torch 2.13) builds a wrong ``Expand`` shape for the latter when S is dynamic.
+    """
     positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)  # (1, S)
     last = lengths.unsqueeze(1) - 1
     index = torch.where(positions <= last, last - positions, positions)  # (B, S)
-    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+    rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)  # (B, 1)
+    return x[rows, index]
 
 
 class Seq2Seq(nn.Module):
