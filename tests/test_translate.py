@@ -211,3 +211,64 @@ def test_cli_runs_and_resumes_with_tiny_settings(tmp_path: Path) -> None:
         assert (tmp_path / "run" / f"attention_{source}_0.png").exists()
     assert metrics["tokenizer"]["eos_id"] == EOS_ID
     assert (tmp_path / "run" / "spm.model").exists() and (tmp_path / "run" / "last.pt").exists()
+
+
+class _Encode(torch.nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, src_ids: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.model.encode(src_ids, src_lengths)
+
+
+class _Step(torch.nn.Module):
+    def __init__(self, model: Seq2Seq) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, prev: torch.Tensor, state: torch.Tensor, outputs: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        return self.model.step(prev, state, outputs, keys, mask)
+
+
+def test_encoder_and_step_export_to_onnx_with_dynamic_shapes(tmp_path: Path) -> None:
+    """The two functions export as they are; ONNX Runtime matches torch on other batch/length sizes."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = tiny_model()
+    src, lengths = padded_batch(40, [7, 4, 2])
+    encoded = model.encode(src, lengths)
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    torch.onnx.export(
+        _Encode(model),
+        (src, lengths),
+        tmp_path / "encoder.onnx",
+        input_names=["src_ids", "src_lengths"],
+        output_names=["encoder_outputs", "keys", "mask", "state"],
+        dynamic_shapes=({0: batch, 1: length}, {0: batch}),
+        dynamo=True,
+    )
+    prev = torch.full((3,), BOS_ID)
+    torch.onnx.export(
+        _Step(model),
+        (prev, encoded[3], encoded[0], encoded[1], encoded[2]),
+        tmp_path / "step.onnx",
+        input_names=["prev_tokens", "state", "encoder_outputs", "keys", "mask"],
+        output_names=["log_probs", "new_state", "attention"],
+        dynamic_shapes=({0: batch}, {0: batch}, {0: batch, 1: length}, {0: batch, 1: length}, {0: batch, 1: length}),
+        dynamo=True,
+    )
+    src, lengths = padded_batch(40, [9, 5], seed=7)
+    encoder = ort.InferenceSession(str(tmp_path / "encoder.onnx"))
+    outputs, keys, mask, state = encoder.run(None, {"src_ids": src.numpy(), "src_lengths": lengths.numpy()})
+    expected = model.encode(src, lengths)
+    for got, want in zip((outputs, keys, mask, state), expected, strict=True):
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-4)
+    step = ort.InferenceSession(str(tmp_path / "step.onnx"))
+    feed = {"prev_tokens": torch.tensor([BOS_ID, 5]).numpy(), "state": state, "encoder_outputs": outputs}
+    got_step = step.run(None, {**feed, "keys": keys, "mask": mask})
+    want_step = model.step(torch.tensor([BOS_ID, 5]), expected[3], expected[0], expected[1], expected[2])
+    for got, want in zip(got_step, want_step, strict=True):
+        torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-5, rtol=1e-4)
