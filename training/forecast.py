@@ -1,0 +1,337 @@
+"""Probabilistic monthly forecasting: one global recurrent quantile model for all aus_retail series.
+
+    python -m training forecast [--cell lstm|gru] [--out runs/forecast] ...
+
+The last 24 months of every series are the test horizon, the 24 before them validation.
+The model trains on windows whose targets end before the validation horizon, picks its
+epoch on validation MASE, and forecasts the test horizon from the 24 months before it,
+one step at a time, feeding its median back. Seasonal naive, ETS and AutoARIMA
+(``statsforecast``) forecast the same horizon from the same history. See docs/forecast.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from training.common import EarlyStopping, git_commit, plot_curves, set_seed, write_json
+from training.forecast_data import (
+    DATA_FILE,
+    EPS,
+    HORIZON,
+    SEASON,
+    Panel,
+    gather_windows,
+    load_panel,
+    prefix_length,
+    season_naive_mae,
+    training_windows,
+)
+from training.forecast_model import MEDIAN, QUANTILES, RNN_MODULES, Forecaster, pinball_loss, rollout
+
+BASELINES = ("seasonal_naive", "ets", "autoarima")
+
+
+@dataclass
+class Config:
+    cell: str = "lstm"
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.1
+    context: int = 48
+    lags: str = "12"
+    epochs: int = 40
+    batches_per_epoch: int = 100
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    context_weight: float = 1.0
+    patience: int = 8
+    seed: int = 0
+    series: int = 0
+    threads: int = 1
+    baselines: str = ",".join(BASELINES)
+    fan_series: int = 4
+
+    @property
+    def lag_tuple(self) -> tuple[int, ...]:
+        return tuple(int(lag) for lag in self.lags.split(",") if lag.strip())
+
+    def build(self) -> Forecaster:
+        return Forecaster(self.cell, self.hidden, self.layers, self.dropout, self.lag_tuple)
+
+
+# --- forecasting and metrics -------------------------------------------------------------------
+
+
+@torch.no_grad()
+def forecast_panel(model: Forecaster, history: Panel, context: int, horizon: int = HORIZON) -> np.ndarray:
+    """Quantile forecasts ``[N, horizon, Q]`` in the series' own units, from the end of every series.
+
+    A series shorter than the configured context uses all it has (at least one value after
+    the lag prefix), so any series works, seen in training or not.
+    """
+    model.eval()
+    prefix = prefix_length(model.lags)
+    lengths = np.array([len(v) for v in history.values])
+    usable = np.minimum(context, lengths - prefix)
+    if (usable < 1).any():
+        raise ValueError(f"every series needs at least {prefix + 1} points, got {lengths.min()}")
+    result = np.empty((len(lengths), horizon, len(QUANTILES)))
+    for size in np.unique(usable):
+        rows = np.flatnonzero(usable == size)
+        pairs = np.stack([rows, lengths[rows]], axis=1)
+        windows, months, scales = gather_windows(history, pairs, int(size), model.lags, horizon)
+        scaled = torch.from_numpy(windows / scales[:, None]).float()
+        _, quantiles = rollout(model, scaled, torch.from_numpy(months), int(size), horizon)
+        result[rows] = quantiles.double().numpy() * scales[:, None, None]
+    return result
+
+
+def scores(history: Panel, actuals: np.ndarray, quantiles: np.ndarray) -> dict[str, float]:
+    """Means over series of MASE (period 12) and sMAPE of the median, and the weighted quantile loss.
+
+    The quantile loss of a series is ``mean_q 2 Σ_t pinball_q / Σ_t |y_t|`` over the levels
+    ``QUANTILES`` (0.1 … 0.9), the usual CRPS proxy; at the median it is the relative MAE.
+    """
+    point = quantiles[..., MEDIAN]
+    error = np.abs(actuals - point)
+    denominators = np.array([season_naive_mae(v) for v in history.values])
+    mase = error.mean(axis=1) / denominators
+    smape = 200 * np.mean(error / np.maximum(np.abs(actuals) + np.abs(point), EPS), axis=1)
+    levels = np.asarray(QUANTILES)
+    diff = actuals[..., None] - quantiles
+    pinball = np.maximum(levels * diff, (levels - 1) * diff)
+    wql = (2 * pinball.sum(axis=1) / np.abs(actuals).sum(axis=1, keepdims=True)).mean(axis=1)
+    coverage = np.mean((actuals >= quantiles[..., 0]) & (actuals <= quantiles[..., -1]))
+    return {
+        "mase": float(mase.mean()),
+        "mase_median": float(np.median(mase)),
+        "smape": float(smape.mean()),
+        "quantile_loss": float(wql.mean()),
+        "coverage_10_90": float(coverage),
+    }
+
+
+def baseline_forecasts(history: Panel, names: list[str], horizon: int = HORIZON) -> dict[str, np.ndarray]:
+    """``statsforecast`` quantile forecasts ``[N, horizon, Q]`` for each requested baseline.
+
+    The 10 … 90 % quantiles come from its central prediction intervals at 20 … 80 %.
+    AutoARIMA uses the stepwise search with ``approximation=True``, as R's ``auto.arima``
+    does by default for series longer than 150 points (the exact search took ~5 s per series).
+    """
+    import pandas as pd
+    from statsforecast import StatsForecast
+    from statsforecast.models import AutoARIMA, AutoETS, SeasonalNaive
+
+    models = {
+        "seasonal_naive": SeasonalNaive(season_length=SEASON),
+        "ets": AutoETS(season_length=SEASON),
+        "autoarima": AutoARIMA(season_length=SEASON, approximation=True),
+    }
+    frame = pd.DataFrame(
+        {
+            "unique_id": np.repeat([f"{i:04d}" for i in range(len(history.values))], [len(v) for v in history.values]),
+            "ds": np.concatenate([np.arange(len(v)) for v in history.values]),
+            "y": np.concatenate(history.values),
+        }
+    )
+    levels = sorted({round(abs(200 * q - 100)) for q in QUANTILES} - {0})
+    results = {}
+    for name in tqdm(names, desc="baselines", unit="model"):
+        started = time.time()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = StatsForecast(models=[models[name]], freq=1, n_jobs=1).forecast(df=frame, h=horizon, level=levels)
+        fitted = fitted.sort_values(["unique_id", "ds"])
+        alias = str(models[name])
+        columns = []
+        for q in QUANTILES:
+            width = round(abs(200 * q - 100))
+            columns.append(alias if width == 0 else f"{alias}-{'lo' if q < 0.5 else 'hi'}-{width}")
+        results[name] = fitted[columns].to_numpy().reshape(len(history.values), horizon, len(QUANTILES))
+        tqdm.write(f"{name}: {time.time() - started:.1f}s")
+    return results
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def train_model(cfg: Config, panel: Panel) -> tuple[Forecaster, dict[str, list[float]], dict]:
+    """Train on windows ending before the validation horizon; keep the epoch with the best validation MASE."""
+    set_seed(cfg.seed)
+    model = cfg.build()
+    lags, prefix = cfg.lag_tuple, prefix_length(cfg.lag_tuple)
+    train_panel = panel.cut(2 * HORIZON)
+    pairs = training_windows(train_panel, cfg.context, lags)
+    windows, months, scales = gather_windows(train_panel, pairs, cfg.context, lags, HORIZON)
+    scaled = torch.from_numpy(windows / scales[:, None]).float()
+    months0 = torch.from_numpy(months)
+    origin = prefix + cfg.context
+    validation_actuals = np.stack([v[-2 * HORIZON : -HORIZON] for v in panel.values])
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.batches_per_epoch)
+    stopper = EarlyStopping(cfg.patience, higher_is_better=False)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history: dict[str, list[float]] = {"train loss": [], "validation MASE": [], "validation quantile loss": []}
+    best_state, epoch_seconds = None, []
+    epochs = tqdm(range(cfg.epochs), desc=f"forecast {cfg.cell}", unit="epoch")
+    for epoch in epochs:
+        model.train()
+        epoch_start, total = time.time(), 0.0
+        bar = tqdm(range(cfg.batches_per_epoch), desc=f"epoch {epoch + 1}", leave=False)
+        for batch in bar:
+            index = torch.randint(len(scaled), (cfg.batch_size,), generator=generator)
+            window = scaled[index]
+            context_q, forecast_q = rollout(model, window, months0[index], cfg.context, HORIZON)
+            loss = pinball_loss(forecast_q, window[:, origin:]) + cfg.context_weight * pinball_loss(
+                context_q, window[:, prefix + 1 : origin]
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{total / (batch + 1):.4f}")
+        epoch_seconds.append(time.time() - epoch_start)
+        validation = scores(train_panel, validation_actuals, forecast_panel(model, train_panel, cfg.context))
+        history["train loss"].append(total / cfg.batches_per_epoch)
+        history["validation MASE"].append(validation["mase"])
+        history["validation quantile loss"].append(validation["quantile_loss"])
+        if stopper.improved(validation["mase"], epoch):
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        epochs.set_postfix(loss=f"{history['train loss'][-1]:.4f}", val_mase=f"{validation['mase']:.4f}",
+                           best=f"{stopper.best:.4f}")
+        if stopper.should_stop:
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    summary = {
+        "validation_mase": stopper.best,
+        "best_epoch": stopper.best_epoch + 1,
+        "epochs_run": len(history["train loss"]),
+        "seconds_per_epoch": float(np.median(epoch_seconds)),
+        "training_windows": len(pairs),
+    }
+    return model.eval(), history, summary
+
+
+def plot_fan_chart(
+    panel: Panel, quantiles: np.ndarray, rows: list[int], path: Path, reference: np.ndarray | None = None
+) -> None:
+    """History (last 6 years), the test actuals, the median and the 10–90 % band for a few series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.8 * len(rows)), squeeze=False)
+    for axis, row in zip(axes[:, 0], rows, strict=True):
+        values = panel.values[row]
+        time_axis = np.arange(len(values))
+        shown = slice(max(len(values) - HORIZON - 72, 0), len(values))
+        future = time_axis[-HORIZON:]
+        axis.plot(time_axis[shown], values[shown], color="black", linewidth=1, label="actual")
+        axis.fill_between(future, quantiles[row, :, 0], quantiles[row, :, -1], alpha=0.3, label="model 10–90 %")
+        axis.plot(future, quantiles[row, :, MEDIAN], color="C0", label="model median")
+        if reference is not None:
+            axis.plot(future, reference[row, :, MEDIAN], color="C1", linestyle="--", linewidth=1, label="ETS")
+        axis.axvline(len(values) - HORIZON - 0.5, color="grey", linewidth=0.8)
+        axis.set_title(f"{panel.ids[row]}  {panel.names[row]}", fontsize=9)
+        axis.set_xlabel("month index")
+        axis.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
+    """Train, forecast the test horizon, run the baselines; write model.pt, metrics.json, curves.png, fan_chart.png."""
+    started = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    panel = load_panel(data_file)
+    if cfg.series:
+        panel = panel.subset(np.linspace(0, len(panel.ids) - 1, cfg.series).round().astype(int))
+    out.mkdir(parents=True, exist_ok=True)
+    model, history, summary = train_model(cfg, panel)
+
+    test_history = panel.cut(HORIZON)
+    actuals = np.stack([v[-HORIZON:] for v in panel.values])
+    model_quantiles = forecast_panel(model, test_history, cfg.context)
+    names = [name for name in cfg.baselines.split(",") if name]
+    forecasts = {"model": model_quantiles, **baseline_forecasts(test_history, names)}
+    test = {name: scores(test_history, actuals, q) for name, q in forecasts.items()}
+
+    torch.save(
+        {
+            "config": asdict(cfg),
+            "state_dict": model.state_dict(),
+            "quantiles": QUANTILES,
+            "scaling": "scale = mean(|last `context` values before the origin|) + EPS; model sees value / scale",
+            "eps": EPS,
+        },
+        out / "model.pt",
+    )
+    plot_curves(history, out / "curves.png", f"forecast, {cfg.cell}")
+    rows = np.linspace(0, len(panel.ids) - 1, min(cfg.fan_series, len(panel.ids))).round().astype(int).tolist()
+    plot_fan_chart(panel, model_quantiles, rows, out / "fan_chart.png", forecasts.get("ets"))
+    metrics = {
+        "task": "forecast",
+        "test": test,
+        **summary,
+        "history": history,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dataset_sizes": {
+            "series": len(panel.ids),
+            "points": int(sum(len(v) for v in panel.values)),
+            "test_points": int(actuals.size),
+            "validation_points": int(actuals.size),
+        },
+        "horizon": HORIZON,
+        "quantiles": list(QUANTILES),
+        "seed": cfg.seed,
+        "wall_seconds": time.time() - started,
+        "config": asdict(cfg),
+        "git_commit": git_commit(),
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
+    parser = argparse.ArgumentParser(prog="python -m training forecast", description=__doc__.split("\n\n")[0])
+    for name, value in asdict(Config()).items():
+        flag = "--" + name.replace("_", "-")
+        if name == "cell":
+            parser.add_argument(flag, choices=sorted(RNN_MODULES), default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    parser.add_argument("--out", type=Path, default=Path("runs/forecast"))
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    cfg = Config(**args)
+    unknown = set(cfg.baselines.split(",")) - set(BASELINES) - {""}
+    if unknown:
+        parser.error(f"--baselines: unknown {sorted(unknown)}; choose from {','.join(BASELINES)}")
+    return cfg, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, out = parse_args(argv)
+    metrics = run(cfg, out)
+    print(f"{'':16}{'MASE':>8}{'sMAPE':>8}{'QL':>8}")
+    for name, row in metrics["test"].items():
+        print(f"{name:16}{row['mase']:8.3f}{row['smape']:8.2f}{row['quantile_loss']:8.4f}")
+    print(f"-> {out}")

@@ -1,0 +1,112 @@
+"""The global quantile forecaster and its step function.
+
+``Forecaster.step(value [B, 1], features [B, F], state) -> (quantiles [B, Q], new_state)`` is
+the graph the server will run once per month: ``state`` is ``(h,)`` for a GRU and ``(h, c)``
+for an LSTM, each ``[layers, B, hidden]``, zeros at the start of a series. ``forward`` runs
+the same module over a whole teacher-forced sequence; ``step`` is ``forward`` with one time
+step, and the tests check that a loop of steps equals one ``forward``.
+
+The outputs are the quantiles ``QUANTILES`` of the next scaled value, ordered by
+construction: the head predicts the median and positive (softplus) gaps outward from it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from training.forecast_data import SEASON, feature_size, prefix_length
+
+QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+MEDIAN = QUANTILES.index(0.5)
+RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+State = tuple[torch.Tensor, ...]
+
+
+class Forecaster(nn.Module):
+    def __init__(self, cell: str, hidden: int, layers: int, dropout: float, lags: tuple[int, ...]) -> None:
+        super().__init__()
+        self.cell, self.lags = cell, tuple(lags)
+        self.rnn = RNN_MODULES[cell](
+            1 + feature_size(self.lags), hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
+        self.head = nn.Linear(hidden, len(QUANTILES))
+
+    def initial_state(self, batch: int) -> State:
+        zeros = torch.zeros(self.rnn.num_layers, batch, self.rnn.hidden_size)
+        return (zeros, zeros.clone()) if self.cell == "lstm" else (zeros,)
+
+    def forward(
+        self, values: torch.Tensor, features: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """``values [B, T, 1]``, ``features [B, T, F]`` -> quantiles ``[B, T, Q]`` and the final state."""
+        if state is None:
+            state = self.initial_state(values.shape[0])
+        outputs, new_state = self.rnn(torch.cat([values, features], dim=-1), state if self.cell == "lstm" else state[0])
+        new_state = tuple(new_state) if self.cell == "lstm" else (new_state,)
+        return ordered_quantiles(self.head(outputs)), new_state
+
+    def step(self, value: torch.Tensor, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One month: ``value [B, 1]``, ``features [B, F]`` -> quantiles ``[B, Q]``, new state."""
+        quantiles, new_state = self.forward(value[:, None], features[:, None], state)
+        return quantiles[:, 0], new_state
+
+
+def ordered_quantiles(raw: torch.Tensor) -> torch.Tensor:
+    """``raw [..., Q]`` -> non-decreasing quantiles: ``raw[MEDIAN]`` plus cumulative softplus gaps either side."""
+    median = raw[..., MEDIAN : MEDIAN + 1]
+    above = median + F.softplus(raw[..., MEDIAN + 1 :]).cumsum(-1)
+    below = median - F.softplus(raw[..., :MEDIAN]).flip(-1).cumsum(-1).flip(-1)
+    return torch.cat([below, median, above], dim=-1)
+
+
+def step_inputs(
+    columns: list[torch.Tensor], months0: torch.Tensor, target: int, lags: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step inputs for window position ``target`` from the scaled window values ``columns`` (each ``[B]``)."""
+    month = F.one_hot((months0 + target) % SEASON, SEASON).float()
+    lagged = [columns[target - lag][:, None] for lag in lags]
+    return columns[target - 1][:, None], torch.cat([month, *lagged], dim=-1)
+
+
+def sequence_inputs(
+    scaled: torch.Tensor, months0: torch.Tensor, targets: range, lags: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``step_inputs`` for every position in ``targets`` at once: ``[B, T, 1]`` and ``[B, T, F]``."""
+    index = torch.arange(targets.start, targets.stop)
+    month = F.one_hot((months0[:, None] + index[None]) % SEASON, SEASON).float()
+    lagged = [scaled[:, index - lag, None] for lag in lags]
+    return scaled[:, index - 1, None], torch.cat([month, *lagged], dim=-1).float()
+
+
+def rollout(
+    model: Forecaster, scaled: torch.Tensor, months0: torch.Tensor, context: int, horizon: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read a window teacher-forced, then forecast ``horizon`` months by feeding medians back.
+
+    ``scaled [B, prefix + context + horizon]`` holds scaled values (the horizon part is never
+    read); ``months0 [B]`` is the month of its first value. Returns the one-step quantiles of
+    the context ``[B, context - 1, Q]`` and the forecast quantiles ``[B, horizon, Q]``.
+    """
+    origin = prefix_length(model.lags) + context
+    observed = range(prefix_length(model.lags) + 1, origin)
+    if len(observed):
+        context_quantiles, state = model(*sequence_inputs(scaled, months0, observed, model.lags))
+    else:
+        context_quantiles, state = scaled.new_zeros(len(scaled), 0, len(QUANTILES)), model.initial_state(len(scaled))
+    columns = list(scaled[:, :origin].unbind(1))
+    forecasts = []
+    for target in range(origin, origin + horizon):
+        quantiles, state = model.step(*step_inputs(columns, months0, target, model.lags), state)
+        forecasts.append(quantiles)
+        columns.append(quantiles[:, MEDIAN])
+    return context_quantiles, torch.stack(forecasts, dim=1)
+
+
+def pinball_loss(quantiles: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean quantile (pinball) loss of ``quantiles [..., Q]`` against ``target [...]``."""
+    levels = quantiles.new_tensor(QUANTILES)
+    error = target[..., None] - quantiles
+    return torch.maximum(levels * error, (levels - 1) * error).mean()
