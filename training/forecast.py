@@ -48,6 +48,7 @@ class Config:
     dropout: float = 0.1
     context: int = 48
     lags: str = "12"
+    skip_lag: int = 12
     epochs: int = 40
     batches_per_epoch: int = 100
     batch_size: int = 128
@@ -66,7 +67,7 @@ class Config:
         return tuple(int(lag) for lag in self.lags.split(",") if lag.strip())
 
     def build(self) -> Forecaster:
-        return Forecaster(self.cell, self.hidden, self.layers, self.dropout, self.lag_tuple)
+        return Forecaster(self.cell, self.hidden, self.layers, self.dropout, self.lag_tuple, self.skip_lag)
 
 
 # --- forecasting and metrics -------------------------------------------------------------------
@@ -210,8 +211,9 @@ def train_model(cfg: Config, panel: Panel) -> tuple[Forecaster, dict[str, list[f
         history["validation quantile loss"].append(validation["quantile_loss"])
         if stopper.improved(validation["mase"], epoch):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        epochs.set_postfix(loss=f"{history['train loss'][-1]:.4f}", val_mase=f"{validation['mase']:.4f}",
-                           best=f"{stopper.best:.4f}")
+        epochs.set_postfix(
+            loss=f"{history['train loss'][-1]:.4f}", val_mase=f"{validation['mase']:.4f}", best=f"{stopper.best:.4f}"
+        )
         if stopper.should_stop:
             break
     assert best_state is not None

@@ -8,6 +8,8 @@ step, and the tests check that a loop of steps equals one ``forward``.
 
 The outputs are the quantiles ``QUANTILES`` of the next scaled value, ordered by
 construction: the head predicts the median and positive (softplus) gaps outward from it.
+With ``skip_lag`` (one of ``lags``; the CLI uses 12) the head predicts the change
+from that lagged input, so an untrained model starts from the seasonal naive forecast.
 """
 
 from __future__ import annotations
@@ -26,9 +28,15 @@ State = tuple[torch.Tensor, ...]
 
 
 class Forecaster(nn.Module):
-    def __init__(self, cell: str, hidden: int, layers: int, dropout: float, lags: tuple[int, ...]) -> None:
+    def __init__(
+        self, cell: str, hidden: int, layers: int, dropout: float, lags: tuple[int, ...], skip_lag: int = 0
+    ) -> None:
         super().__init__()
+        if skip_lag and skip_lag not in lags:
+            raise ValueError(f"skip_lag {skip_lag} must be one of the lags {lags}")
         self.cell, self.lags = cell, tuple(lags)
+        # Column of the features that holds y[t - skip_lag] / scale, or None.
+        self.skip_column = SEASON + self.lags.index(skip_lag) if skip_lag else None
         self.rnn = RNN_MODULES[cell](
             1 + feature_size(self.lags), hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
         )
@@ -46,7 +54,10 @@ class Forecaster(nn.Module):
             state = self.initial_state(values.shape[0])
         outputs, new_state = self.rnn(torch.cat([values, features], dim=-1), state if self.cell == "lstm" else state[0])
         new_state = tuple(new_state) if self.cell == "lstm" else (new_state,)
-        return ordered_quantiles(self.head(outputs)), new_state
+        quantiles = ordered_quantiles(self.head(outputs))
+        if self.skip_column is not None:
+            quantiles = quantiles + features[..., self.skip_column : self.skip_column + 1]
+        return quantiles, new_state
 
     def step(self, value: torch.Tensor, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One month: ``value [B, 1]``, ``features [B, F]`` -> quantiles ``[B, Q]``, new state."""

@@ -1,0 +1,182 @@
+"""Forecast: the real panel, the scaling rule, the step function, quantiles, training, baselines and the CLI."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training import forecast
+from training.forecast import Config, baseline_forecasts, forecast_panel, scores
+from training.forecast_data import (
+    EPS,
+    HORIZON,
+    Panel,
+    fit_scale,
+    gather_windows,
+    load_panel,
+    prefix_length,
+    training_windows,
+)
+from training.forecast_model import (
+    MEDIAN,
+    QUANTILES,
+    Forecaster,
+    ordered_quantiles,
+    pinball_loss,
+    rollout,
+    sequence_inputs,
+    step_inputs,
+)
+
+LAGS = (12,)
+
+
+@pytest.fixture(scope="module")
+def panel(data_dir: Path) -> Panel:
+    return load_panel(data_dir / "forecast" / "aus_retail.csv")
+
+
+def small_model(cell: str) -> Forecaster:
+    torch.manual_seed(0)
+    return Forecaster(cell, hidden=16, layers=2, dropout=0.0, lags=LAGS).eval()
+
+
+def windows(panel: Panel, rows: list[int], context: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    pairs = np.array([[row, len(panel.values[row]) - HORIZON] for row in rows])
+    raw, months, scales = gather_windows(panel, pairs, context, LAGS, HORIZON)
+    return torch.from_numpy(raw / scales[:, None]).float(), torch.from_numpy(months), scales
+
+
+def test_panel_is_the_real_aus_retail(panel: Panel) -> None:
+    assert len(panel.ids) == 150  # 152 series; the two with 32 points are too short for two horizons
+    lengths = sorted({len(v) for v in panel.values})
+    assert lengths == [140, 369, 441]
+    assert all(np.isfinite(v).all() and (v > 0).all() for v in panel.values)
+    assert set(panel.start_months.tolist()) == {3, 6}  # April 1982 / 1988, July 1998
+
+
+def test_scaler_round_trips_and_follows_the_documented_rule(panel: Panel) -> None:
+    series = panel.values[7]
+    scale = fit_scale(series, 48)
+    assert scale == pytest.approx(np.abs(series[-48:]).mean() + EPS)
+    np.testing.assert_allclose((series / scale) * scale, series)
+    scaled, _, scales = windows(panel, [7, 80], context=48)
+    raw, _, _ = gather_windows(
+        panel, np.array([[7, len(series) - HORIZON], [80, len(panel.values[80]) - HORIZON]]), 48, LAGS, HORIZON
+    )
+    np.testing.assert_allclose(scaled.double().numpy() * scales[:, None], raw, rtol=1e-6)
+    # The scale lives outside the model: a series ten times larger gets forecasts ten times larger.
+    model = small_model("lstm")
+    part = panel.subset([3, 50]).cut(HORIZON)
+    bigger = Panel(part.ids, part.names, [10 * v for v in part.values], part.start_months)
+    np.testing.assert_allclose(forecast_panel(model, bigger, 48), 10 * forecast_panel(model, part, 48), rtol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_step_by_step_equals_teacher_forced_pass(panel: Panel, cell: str) -> None:
+    model, context = small_model(cell), 36
+    scaled, months, _ = windows(panel, [0, 42, 149], context)
+    prefix = prefix_length(LAGS)
+    origin = prefix + context
+    columns = list(scaled.unbind(1))
+    state, stepped = model.initial_state(3), []
+    with torch.no_grad():
+        for target in range(prefix + 1, origin):
+            quantiles, state = model.step(*step_inputs(columns, months, target, LAGS), state)
+            stepped.append(quantiles)
+        batched, batched_state = model(*sequence_inputs(scaled, months, range(prefix + 1, origin), LAGS))
+        context_q, forecast_q = rollout(model, scaled, months, context, HORIZON)
+    torch.testing.assert_close(torch.stack(stepped, 1), batched)
+    torch.testing.assert_close(context_q, batched)
+    for mine, theirs in zip(state, batched_state, strict=True):
+        torch.testing.assert_close(mine, theirs)
+    # The fed-back forecast is the teacher-forced pass over a series continued by its own medians.
+    continued = scaled.clone()
+    continued[:, origin:] = forecast_q[..., MEDIAN]
+    with torch.no_grad():
+        again, _ = model(*sequence_inputs(continued, months, range(prefix + 1, origin + HORIZON), LAGS))
+    torch.testing.assert_close(again[:, context - 1 :], forecast_q)
+
+
+def test_quantiles_are_ordered(panel: Panel) -> None:
+    torch.manual_seed(1)
+    raw = 20 * torch.randn(500, len(QUANTILES))
+    assert (ordered_quantiles(raw).diff(dim=-1) >= 0).all()
+    quantiles = forecast_panel(small_model("gru"), panel.subset([5, 90]).cut(HORIZON), 48)
+    assert quantiles.shape == (2, HORIZON, len(QUANTILES))
+    assert (np.diff(quantiles, axis=-1) >= 0).all()
+
+
+def test_an_unseen_short_series_works() -> None:
+    months = np.arange(30)
+    series = 100 + 20 * np.sin(2 * np.pi * months / 12) + months
+    unseen = Panel(["new"], ["a series from nowhere"], [series], np.array([0]))
+    quantiles = forecast_panel(small_model("lstm"), unseen, context=48, horizon=6)
+    assert quantiles.shape == (1, 6, len(QUANTILES)) and np.isfinite(quantiles).all()
+    with pytest.raises(ValueError, match="at least 12 points"):
+        forecast_panel(small_model("lstm"), Panel(["x"], ["x"], [series[:11]], np.array([0])), context=48)
+
+
+def test_scores_of_a_perfect_and_a_seasonal_naive_forecast(panel: Panel) -> None:
+    history = panel.subset([10, 20]).cut(HORIZON)
+    actuals = np.stack([v[-HORIZON:] for v in panel.subset([10, 20]).values])
+    perfect = scores(history, actuals, np.repeat(actuals[..., None], len(QUANTILES), axis=-1))
+    assert perfect["mase"] == 0 and perfect["smape"] == 0 and perfect["quantile_loss"] == 0
+    naive = np.stack([np.tile(v[-12:], 2) for v in history.values])
+    worse = scores(history, actuals, np.repeat(naive[..., None], len(QUANTILES), axis=-1))
+    assert 0.3 < worse["mase"] < 5 and 0 < worse["smape"] < 50
+
+
+def test_training_on_a_small_subset_reduces_the_loss(panel: Panel) -> None:
+    torch.manual_seed(0)
+    subset, context = panel.subset(list(range(0, 150, 15))), 24
+    pairs = training_windows(subset, context, LAGS)
+    raw, months, scales = gather_windows(subset, pairs[:: max(len(pairs) // 256, 1)], context, LAGS, HORIZON)
+    scaled, months0 = torch.from_numpy(raw / scales[:, None]).float(), torch.from_numpy(months)
+    origin = prefix_length(LAGS) + context
+    model = Forecaster("lstm", hidden=16, layers=1, dropout=0.0, lags=LAGS)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def loss() -> torch.Tensor:
+        _, forecast_q = rollout(model, scaled, months0, context, HORIZON)
+        return pinball_loss(forecast_q, scaled[:, origin:])
+
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(25):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < 0.6 * before
+
+
+def test_baselines_run(panel: Panel) -> None:
+    history = Panel(["a", "b"], ["a", "b"], [v[-120:] for v in panel.subset([0, 77]).values], np.array([0, 0]))
+    result = baseline_forecasts(history, ["seasonal_naive", "ets", "autoarima"], horizon=6)
+    for quantiles in result.values():
+        assert quantiles.shape == (2, 6, len(QUANTILES)) and np.isfinite(quantiles).all()
+        assert (np.diff(quantiles, axis=-1) >= -1e-9).all()
+    np.testing.assert_allclose(result["seasonal_naive"][..., MEDIAN], np.stack([v[-12:-6] for v in history.values]))
+
+
+def test_cli_trains_evaluates_and_saves_a_rebuildable_model(tmp_path: Path, data_dir: Path) -> None:
+    options = {"series": 6, "epochs": 2, "batches-per-epoch": 3, "batch-size": 16, "hidden": 8, "layers": 1}
+    options |= {"context": 24, "baselines": "seasonal_naive", "fan-series": 2, "cell": "gru"}
+    args = [part for name, value in options.items() for part in (f"--{name}", str(value))]
+    forecast.main([*args, "--out", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"model", "seasonal_naive"}
+    assert metrics["dataset_sizes"]["series"] == 6 and metrics["epochs_run"] == 2
+    assert all(np.isfinite(row["mase"]) for row in metrics["test"].values())
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "fan_chart.png").stat().st_size > 0
+    checkpoint = torch.load(tmp_path / "model.pt")
+    cfg = Config(**checkpoint["config"])
+    model = cfg.build()
+    model.load_state_dict(checkpoint["state_dict"])
+    part = load_panel(data_dir / "forecast" / "aus_retail.csv").subset([0]).cut(HORIZON)
+    assert np.isfinite(forecast_panel(model, part, cfg.context)).all()
