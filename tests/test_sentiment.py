@@ -84,3 +84,12 @@ def test_cli_runs_one_short_epoch(data_dir: Path, tmp_path: Path) -> None:
     model = SentimentModel(len(Vocabulary.load(out / "vocab.json")), Config(**checkpoint["config"]))
     model.load_state_dict(checkpoint["state_dict"])
     assert np.isfinite(metrics["seconds_per_epoch"])
+
+
+def test_final_logits_equal_the_running_logits_at_each_length() -> None:
+    torch.manual_seed(3)
+    model = SentimentModel(40, Config(embed=8, hidden=10, dropout=0.0)).eval()
+    ids = torch.randint(2, 40, (4, 6))
+    lengths = torch.tensor([6, 3, 1, 5])
+    per_token = model.logits_per_token(ids)
+    torch.testing.assert_close(model(ids, lengths), per_token[torch.arange(4), lengths - 1])

@@ -83,9 +83,16 @@ class SentimentModel(nn.Module):
         return self.classifier(self.dropout(states))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits after each text's last token: ``[batch, 2]``."""
-        per_token = self.logits_per_token(ids)
-        return per_token[torch.arange(ids.shape[0]), lengths - 1]
+        """Logits after each text's last token, ``[batch, 2]``: ``logits_per_token`` at ``lengths - 1``,
+        computed with masks instead of running pools so that it exports as one graph."""
+        states = self.hidden_states(ids)
+        features = states[torch.arange(ids.shape[0]), lengths - 1]
+        if self.pool == "meanmax":
+            valid = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None])[..., None]
+            mean = (states * valid).sum(dim=1) / lengths[:, None].to(states.dtype)
+            maximum = states.masked_fill(~valid, float("-inf")).amax(dim=1)
+            features = torch.cat([features, mean, maximum], dim=-1)
+        return self.classifier(self.dropout(features))
 
 
 def encode_batch(vocab: Vocabulary, texts: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
