@@ -1,0 +1,110 @@
+"""Sentiment export: ONNX step-by-step equals PyTorch, batching changes nothing, the loader guards the files."""
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from server.repository import ManifestError, load_model
+from training.sentiment import Config, SentimentModel
+from training.sentiment_data import Vocabulary
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 30
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[SentimentModel, Path]]:
+    return {(cell, pool): export_tiny(tmp_path_factory.mktemp(cell), cell, pool)
+            for cell, pool in (("lstm", "meanmax"), ("gru", "last"))}
+
+
+def export_tiny(tmp_path: Path, cell: str, pool: str) -> tuple[SentimentModel, Path]:
+    torch.manual_seed(0)
+    cfg = Config(cell=cell, pool=pool, embed=8, hidden=12, layers=2, dropout=0.0)
+    model = SentimentModel(VOCAB, cfg).eval()
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"config": asdict(cfg), "state_dict": model.state_dict()}, run / "model.pt")
+    Vocabulary([f"w{i}" for i in range(VOCAB - 2)]).save(run / "vocab.json")
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.5}))
+    # A fresh process per export, as `make models` does.
+    subprocess.run([sys.executable, "-m", "export", "sentiment", "--checkpoint", str(run / "model.pt"),
+                    "--out", str(tmp_path / "models")], cwd=ROOT, check=True, capture_output=True)
+    return model, tmp_path / "models" / "sentiment" / "1"
+
+
+def run_steps(model_dir: Path, streams: list[np.ndarray]) -> list[np.ndarray]:
+    """Feed every stream token by token in one batch; a stream that has ended keeps its last output."""
+    loaded = load_model(model_dir)
+    session, spec = loaded.sessions["step"], loaded.state("step")
+    state = {s["input"]: np.full((len(streams), *s["shape"]), s["initial"], dtype=np.float32) for s in spec}
+    outputs = [[] for _ in streams]
+    for t in range(max(len(s) for s in streams)):
+        active = [i for i, s in enumerate(streams) if t < len(s)]
+        feed = {name: value[active] for name, value in state.items()}
+        feed["ids"] = np.array([streams[i][t] for i in active], dtype=np.int64)
+        results = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
+        for row, i in enumerate(active):
+            outputs[i].append(results["probs"][row])
+        for s in spec:
+            state[s["input"]][active] = results[s["output"]]
+    return [np.stack(o) for o in outputs]
+
+
+@pytest.mark.parametrize(("cell", "pool"), [("lstm", "meanmax"), ("gru", "last")])
+def test_step_graph_matches_pytorch_for_every_token_and_batch_size(exported: dict, cell: str, pool: str) -> None:
+    model, model_dir = exported[cell, pool]
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    for graph in manifest["graphs"].values():  # dynamic axes survived the export
+        assert all(tensor["shape"][0] == "batch" for tensor in graph["inputs"])
+    assert manifest["graphs"]["sequence"]["inputs"][0]["shape"] == ["batch", "tokens"]
+
+    rng = np.random.default_rng(0)
+    streams = [rng.integers(1, VOCAB, size=rng.integers(1, 12)) for _ in range(17)]
+    with torch.no_grad():
+        expected = [torch.softmax(model.logits_per_token(torch.from_numpy(s)[None]), -1)[0].numpy() for s in streams]
+    solo = [run_steps(model_dir, [s])[0] for s in streams]
+    for got, want in zip(solo, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    for size in (3, 17):
+        batched = [p for start in range(0, 17, size) for p in run_steps(model_dir, streams[start : start + size])]
+        for got, alone in zip(batched, solo, strict=True):
+            np.testing.assert_allclose(got, alone, atol=1e-6)
+
+    sequence = load_model(model_dir).sessions["sequence"]
+    lengths = np.array([len(s) for s in streams])
+    ids = np.zeros((17, lengths.max()), dtype=np.int64)
+    for row, s in enumerate(streams):
+        ids[row, : len(s)] = s
+    (probs,) = sequence.run(None, {"ids": ids, "lengths": lengths})
+    np.testing.assert_allclose(probs, np.stack([e[-1] for e in expected]), atol=1e-4)
+
+
+def test_loader_rejects_tampered_and_unpaired_models(exported: dict, tmp_path: Path) -> None:
+    model_dir = shutil.copytree(exported["lstm", "meanmax"][1], tmp_path / "sentiment" / "1")
+    load_model(model_dir)
+    vocab = model_dir / "vocab.json"
+    original = vocab.read_bytes()
+    vocab.write_bytes(original.replace(b"w1", b"x1", 1))
+    with pytest.raises(ManifestError, match=r"files\.vocab\.json: sha256 mismatch"):
+        load_model(model_dir)
+    vocab.write_bytes(original)
+
+    manifest_path = model_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["state"][1]["output"] = "c_missing"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"state\[1\]\.output: state 'c' has no paired output"):
+        load_model(model_dir)
+    manifest["state"][1]["output"] = "c_next"
+    manifest["graphs"]["step"]["inputs"].append({"name": "ghost", "dtype": "float32", "shape": ["batch"]})
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"graphs\.step\.inputs\[6\]: 'ghost' is not in step\.onnx"):
+        load_model(model_dir)
