@@ -1,4 +1,8 @@
-"""Habits shared by every training CLI: seeding, splits, early stopping, metrics and curves."""
+"""Habits shared by every training CLI: seeding, splits, early stopping, metrics and curves.
+
+Torch is imported only inside ``set_seed``, so the data modules that use ``split_indices``
+stay importable where torch is not installed (the shipped-model checks run without it).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 
 def set_seed(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
