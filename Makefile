@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test lint train-sentiment compare-sentiment train-forecast train-translate clean
+.PHONY: install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ train-forecast: data
 
 train-translate: data
 	$(PY) -m training translate --out runs/translate
+
+# Train with the full settings and export every model into the shipped repository, models/.
+# Each export runs in its own process (see export/__main__.py).
+models: train-sentiment train-forecast train-translate
+	$(PY) -m export sentiment --checkpoint runs/sentiment/model.pt --out models
+	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models
+	$(PY) -m export translation --checkpoint runs/translate/model.pt --out models
+
+# Score the shipped ONNX models on their test splits (ONNX Runtime, no torch).
+check-models: data
+	$(PY) -m export.check_shipped models
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
