@@ -55,6 +55,7 @@ class Config:
     lr: float = 3e-3
     weight_decay: float = 0.0
     context_weight: float = 1.0
+    mase_weighting: int = 1
     patience: int = 8
     seed: int = 0
     series: int = 0
@@ -177,6 +178,11 @@ def train_model(cfg: Config, panel: Panel) -> tuple[Forecaster, dict[str, list[f
     scaled = torch.from_numpy(windows / scales[:, None]).float()
     months0 = torch.from_numpy(months)
     origin = prefix + cfg.context
+    # MASE divides each series' error by its in-sample seasonal naive MAE; weighting each window's
+    # loss by the inverse of that MAE on its own observed part trains for the metric we report.
+    observed = scaled[:, :origin]
+    naive_mae = (observed[:, SEASON:] - observed[:, :-SEASON]).abs().mean(dim=1).clamp_min(1e-2)
+    weights = 1 / naive_mae if cfg.mase_weighting else torch.ones(len(scaled))
     validation_actuals = np.stack([v[-2 * HORIZON : -HORIZON] for v in panel.values])
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -194,8 +200,9 @@ def train_model(cfg: Config, panel: Panel) -> tuple[Forecaster, dict[str, list[f
             index = torch.randint(len(scaled), (cfg.batch_size,), generator=generator)
             window = scaled[index]
             context_q, forecast_q = rollout(model, window, months0[index], cfg.context, HORIZON)
-            loss = pinball_loss(forecast_q, window[:, origin:]) + cfg.context_weight * pinball_loss(
-                context_q, window[:, prefix + 1 : origin]
+            weight = weights[index]
+            loss = pinball_loss(forecast_q, window[:, origin:], weight) + cfg.context_weight * pinball_loss(
+                context_q, window[:, prefix + 1 : origin], weight
             )
             optimizer.zero_grad()
             loss.backward()

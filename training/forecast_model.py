@@ -116,8 +116,9 @@ def rollout(
     return context_quantiles, torch.stack(forecasts, dim=1)
 
 
-def pinball_loss(quantiles: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean quantile (pinball) loss of ``quantiles [..., Q]`` against ``target [...]``."""
+def pinball_loss(quantiles: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean pinball loss of ``quantiles [B, T, Q]`` against ``target [B, T]``, optionally weighted per row."""
     levels = quantiles.new_tensor(QUANTILES)
     error = target[..., None] - quantiles
-    return torch.maximum(levels * error, (levels - 1) * error).mean()
+    per_row = torch.maximum(levels * error, (levels - 1) * error).mean(dim=(1, 2))
+    return per_row.mean() if weight is None else (weight * per_row).sum() / weight.sum()
