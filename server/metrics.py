@@ -1,0 +1,51 @@
+"""Prometheus metrics, in a registry of their own (tests start several servers in one process).
+
+Per-request metrics carry ``model`` and ``method`` labels; per-step metrics (queue wait, batch
+size, step duration) belong to a graph and carry ``model`` and ``graph``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http = None
+        request = ["model", "method"]
+        graph = ["model", "graph"]
+        r = self.registry
+        self.requests = Counter("seqserve_requests", "Finished requests by gRPC status code",
+                                [*request, "code"], registry=r)
+        self.request_duration = Histogram("seqserve_request_duration_seconds", "Request duration",
+                                          request, buckets=SLOW, registry=r)
+        self.first_result = Histogram("seqserve_time_to_first_result_seconds",
+                                      "From the request to its first token or result", request,
+                                      buckets=SLOW, registry=r)
+        self.inter_token = Histogram("seqserve_inter_token_latency_seconds",
+                                     "Between consecutive tokens or results of one stream", request, buckets=FAST,
+                                     registry=r)
+        self.emitted = Counter("seqserve_emitted", "Tokens or steps sent to clients", request, registry=r)
+        self.active_streams = Gauge("seqserve_active_streams", "Streams holding state slots", request, registry=r)
+        self.sessions_ended = Counter("seqserve_sessions_ended", "Streams ended, by reason "
+                                      "(completed, cancelled, idle_timeout, error)", [*request, "reason"], registry=r)
+        self.queue_wait = Histogram("seqserve_queue_wait_seconds", "From a step's submission to its batch's start",
+                                    graph, buckets=FAST, registry=r)
+        self.batch_size = Histogram("seqserve_batch_size", "Rows per batched step", graph, buckets=BATCH, registry=r)
+        self.step_duration = Histogram("seqserve_step_duration_seconds", "One batched ONNX Runtime run",
+                                       graph, buckets=FAST, registry=r)
+
+    def serve(self, port: int) -> int:
+        """Serve ``/metrics`` on ``port`` (0: a free one); returns the port."""
+        self.http, _ = start_http_server(port, registry=self.registry)
+        return self.http.server_port
+
+    def close(self) -> None:
+        if self.http is not None:
+            self.http.shutdown()
+            self.http.server_close()

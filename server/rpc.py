@@ -1,0 +1,164 @@
+"""What every RPC shares: model lookup, input errors, status codes and per-call metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+
+from server.engine import ModelRunner, Overloaded
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Runners = dict[str, dict[int, ModelRunner]]
+
+
+class RequestError(Exception):
+    """A client mistake: aborts the call with ``code`` and a message naming the field and the limit."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def check_text(field: str, text: str, limit: int) -> None:
+    if not text.strip():
+        raise invalid(f"{field} is empty")
+    if len(text) > limit:
+        raise invalid(f"{field} has {len(text)} characters, the limit is {limit}")
+
+
+def check_finite(field: str, values: Iterable[float]) -> None:
+    for index, value in enumerate(values):
+        if not math.isfinite(value):
+            raise invalid(f"{field}[{index}] is {value}: values must be finite (no NaN or inf)")
+
+
+def check_count(field: str, count: int, low: int, high: int) -> None:
+    if not low <= count <= high:
+        raise invalid(f"{field} is {count}, it must be between {low} and {high}")
+
+
+def resolve(runners: Runners, ref: Any, task: str) -> ModelRunner:
+    """The runner for ``ref`` (a ``ModelRef``; version 0 = newest); NOT_FOUND names what exists."""
+    versions = runners.get(ref.name)
+    if versions is None:
+        raise RequestError(grpc.StatusCode.NOT_FOUND,
+                           f"model.name {ref.name!r} is not loaded (models: {sorted(runners)})")
+    version = ref.version or max(versions)
+    if version not in versions:
+        raise RequestError(grpc.StatusCode.NOT_FOUND,
+                           f"model.version {version} of {ref.name!r} is not loaded (versions: {sorted(versions)})")
+    runner = versions[version]
+    if runner.model.task != task:
+        raise invalid(f"model.name {ref.name!r} is a {runner.model.task} model, this method needs a {task} model")
+    return runner
+
+
+class Call:
+    """Metrics of one call: status, duration, time to first result, gaps between results, stream slots."""
+
+    def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.metrics, self.method, self.context = metrics, method, context
+        self.model = ""
+        self.started = self.last = time.perf_counter()
+        self.results = 0
+        self.streaming = False
+        self.end_reason: str | None = None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {"model": self.model, "method": self.method}
+
+    def use(self, runner: ModelRunner) -> ModelRunner:
+        self.model = runner.model.name
+        return runner
+
+    def stream_opened(self) -> None:
+        """The call now holds state slots: it counts as an active stream until it ends."""
+        self.streaming = True
+        self.metrics.active_streams.labels(**self.labels).inc()
+
+    def emitted(self, count: int = 1) -> None:
+        now = time.perf_counter()
+        if self.results == 0:
+            self.metrics.first_result.labels(**self.labels).observe(now - self.started)
+        else:
+            self.metrics.inter_token.labels(**self.labels).observe(now - self.last)
+        self.results += count
+        self.last = now
+        self.metrics.emitted.labels(**self.labels).inc(count)
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        self.metrics.requests.labels(**self.labels, code=code.name).inc()
+        self.metrics.request_duration.labels(**self.labels).observe(time.perf_counter() - self.started)
+        if self.streaming:
+            self.metrics.active_streams.labels(**self.labels).dec()
+            reason = self.end_reason or {grpc.StatusCode.OK: "completed", grpc.StatusCode.CANCELLED: "cancelled",
+                                         grpc.StatusCode.DEADLINE_EXCEEDED: "deadline"}.get(code, "error")
+            self.metrics.sessions_ended.labels(**self.labels, reason=reason).inc()
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def rpc(method: str) -> Callable[[Handler], Handler]:
+    """Wrap a servicer method ``(self, request, context, call)``: map errors to status codes, count the call.
+
+    The server keeps serving after any of them: each ends only its own call.
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            call = Call(self.metrics, method, context)
+            try:
+                result = await handler(self, request, context, call)
+            except RequestError as error:
+                call.finish(error.code)
+                await context.abort(error.code, error.message)
+            except Overloaded as error:
+                call.finish(grpc.StatusCode.RESOURCE_EXHAUSTED)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            except asyncio.CancelledError:
+                remaining = context.time_remaining()
+                expired = remaining is not None and remaining <= 0
+                call.finish(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)
+                raise
+            except Exception:
+                if context.code() is not None:  # already aborted inside the handler
+                    raise
+                log.exception("%s failed", method)
+                call.finish(grpc.StatusCode.INTERNAL)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)")
+            else:
+                call.finish(grpc.StatusCode.OK)
+                return result
+
+        return wrapper
+
+    return decorate
+
+
+async def read(context: grpc.aio.ServicerContext, call: Call, idle_timeout: float) -> Any:
+    """The next message of a client stream, or ``None`` at its end. A client silent for
+    ``idle_timeout`` seconds ends the stream (logged, counted as ``idle_timeout``)."""
+    try:
+        message = await asyncio.wait_for(context.read(), idle_timeout)
+    except TimeoutError:
+        log.warning("%s (%s): no message for %.0f s, ending the stream", call.method, call.model, idle_timeout)
+        call.end_reason = "idle_timeout"
+        raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"no message for {idle_timeout:g} s (idle_timeout_s): the stream was ended") from None
+    return None if message is grpc.aio.EOF else message

@@ -1,0 +1,164 @@
+"""Translation RPCs over an ``encoder`` graph and a ``decoder_step`` graph (``docs/translation.md``).
+
+The decoder's state starts from the encoder's output and its context tensors (encoder outputs,
+keys, mask) come from the encoder too; both are wired by the manifest, so this module only
+tokenizes, picks tokens and formats them. Decoding repeats ``training/seq2seq.py``: at most
+``2 × source tokens + 10`` tokens (EOS included), beam hypotheses ranked by
+``log p / ((5 + length) / 6) ** length_penalty``, a finished hypothesis only extends with EOS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.config import Config
+from server.engine import Arrays, ModelRunner
+from server.gen.seqserve.v1 import translate_pb2 as pb
+from server.gen.seqserve.v1 import translate_pb2_grpc
+from server.metrics import Metrics
+from server.rpc import Call, Runners, check_count, check_text, invalid, resolve, rpc
+from server.tokenizers import SentencePiece
+
+STEP = "decoder_step"
+
+
+@dataclass
+class Token:
+    token_id: int
+    log_prob: float
+    attention: np.ndarray
+
+
+class Translator:
+    """One translation model version: its tokenizer, special ids and decoding loops."""
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        pre = runner.model.manifest.get("preprocessing", {})
+        special = pre["tokenizer"] if isinstance(pre.get("tokenizer"), dict) else pre
+        spm = next(name for name in runner.model.manifest["files"] if name.endswith(".model"))
+        self.tokenizer = SentencePiece(runner.model.path / spm)
+        self.bos, self.eos = special.get("bos_id", 2), special.get("eos_id", 3)
+
+    async def encode(self, text: str) -> tuple[list[int], dict[str, Arrays]]:
+        ids = [*self.tokenizer.encode(text), self.eos]
+        out = await self.runner.run("encoder", {"src_ids": np.array([ids], dtype=np.int64),
+                                                "src_lengths": np.array([len(ids)], dtype=np.int64)})
+        return ids, {"encoder": out}
+
+    async def greedy(self, sources: dict[str, Arrays], limit: int) -> AsyncIterator[Token]:
+        """Tokens as they are decoded (EOS not included)."""
+        context = self.runner.context(STEP, sources)
+        with self.runner.open(STEP, 1, sources) as slots:
+            prev = self.bos
+            for t in range(limit):
+                out = await self.runner.run(STEP, {"prev_tokens": np.array([prev], dtype=np.int64)}, slots, context)
+                log_probs = out["log_probs"][0]
+                prev = int(np.argmax(log_probs)) if t + 1 < limit else self.eos
+                if prev == self.eos:
+                    return
+                yield Token(prev, float(log_probs[prev]), out["attention"][0])
+
+    async def beam(self, sources: dict[str, Arrays], limit: int, width: int, penalty: float) -> list[Token]:
+        """The best hypothesis of a beam search over ``width`` rows of state (EOS not included)."""
+        context = self.runner.context(STEP, sources)
+        scores = np.full(width, -np.inf)
+        scores[0] = 0.0  # all rows start identical: expand only the first
+        lengths, finished = np.zeros(width), np.zeros(width, dtype=bool)
+        prev = np.full(width, self.bos, dtype=np.int64)
+        hypotheses: list[list[Token]] = [[] for _ in range(width)]
+        with self.runner.open(STEP, width, sources) as slots:
+            for t in range(limit):
+                out = await self.runner.run(STEP, {"prev_tokens": prev}, slots, context)
+                log_probs = out["log_probs"].astype(np.float64)
+                only_eos = np.full_like(log_probs, -np.inf)
+                only_eos[:, self.eos] = 0.0
+                if t + 1 >= limit:
+                    log_probs = log_probs[:, self.eos : self.eos + 1] + only_eos
+                log_probs = np.where(finished[:, None], only_eos, log_probs)
+                candidates = scores[:, None] + log_probs
+                new_lengths = np.where(finished, lengths, lengths + 1)
+                ranked = candidates / (((5.0 + new_lengths) / 6.0) ** penalty)[:, None]
+                flat = np.argsort(-ranked.ravel(), kind="stable")[:width]
+                origin, token = np.divmod(flat, log_probs.shape[1])
+                hypotheses = [hypotheses[o] + ([] if finished[o] else [Token(int(k), float(log_probs[o, k]),
+                                                                             out["attention"][o])])
+                              for o, k in zip(origin, token, strict=True)]
+                scores, lengths = candidates.ravel()[flat], new_lengths[origin]
+                finished = finished[origin] | (token == self.eos)
+                self.runner.pools[STEP].reorder(slots, origin)
+                prev = token.astype(np.int64)
+                if finished.all():
+                    break
+        best = hypotheses[0]
+        return best[:-1] if best and best[-1].token_id == self.eos else best
+
+
+class TranslationService(translate_pb2_grpc.TranslationServicer):
+    def __init__(self, runners: Runners, config: Config, metrics: Metrics) -> None:
+        self.runners, self.config, self.metrics = runners, config, metrics
+        self.translators = {id(r): Translator(r) for versions in runners.values() for r in versions.values()
+                            if r.model.task == "translation"}
+
+    def _options(self, options: pb.DecodeOptions) -> tuple[int, int, float]:
+        check_count("options.beam", options.beam or 1, 1, self.config.max_beam)
+        check_count("options.max_length", options.max_length or self.config.max_decode_len, 1,
+                    self.config.max_decode_len)
+        penalty = options.length_penalty or 1.0
+        if not math.isfinite(penalty) or penalty < 0:
+            raise invalid(f"options.length_penalty is {penalty}: it must be finite and not negative")
+        return options.beam or 1, options.max_length or self.config.max_decode_len, penalty
+
+    async def _decode(self, translator: Translator, text: str, options: pb.DecodeOptions
+                      ) -> tuple[list[int], AsyncIterator[Token]]:
+        beam, max_length, penalty = self._options(options)
+        ids, sources = await translator.encode(text)
+        limit = min(2 * len(ids) + 10, max_length)
+        if beam == 1:
+            return ids, translator.greedy(sources, limit)
+
+        async def at_the_end() -> AsyncIterator[Token]:
+            for token in await translator.beam(sources, limit, beam, penalty):
+                yield token
+
+        return ids, at_the_end()
+
+    @rpc("Translate")
+    async def Translate(self, request: pb.TranslateRequest, context, call: Call) -> None:
+        runner = call.use(resolve(self.runners, request.model, "translation"))
+        check_text("text", request.text, self.config.max_text_chars)
+        translator = self.translators[id(runner)]
+        call.stream_opened()
+        ids, tokens = await self._decode(translator, request.text, request.options)
+        source = [translator.tokenizer.piece(i) for i in ids]
+        async for token in tokens:
+            await context.write(pb.TranslateToken(piece=translator.tokenizer.piece(token.token_id),
+                                                  token_id=token.token_id, log_prob=token.log_prob,
+                                                  attention=token.attention.tolist(), source_tokens=source))
+            source = []
+            call.emitted()
+
+    @rpc("TranslateBatch")
+    async def TranslateBatch(self, request: pb.TranslateBatchRequest, context, call: Call
+                             ) -> pb.TranslateBatchResponse:
+        runner = call.use(resolve(self.runners, request.model, "translation"))
+        check_count("texts (their number)", len(request.texts), 1, self.config.max_texts)
+        for index, text in enumerate(request.texts):
+            check_text(f"texts[{index}]", text, self.config.max_text_chars)
+        translator = self.translators[id(runner)]
+
+        async def one(text: str) -> pb.Translated:
+            _, tokens = await self._decode(translator, text, request.options)
+            decoded = [t async for t in tokens]
+            ids = [t.token_id for t in decoded]
+            return pb.Translated(text=translator.tokenizer.decode(ids), token_ids=ids,
+                                 log_prob=sum(t.log_prob for t in decoded))
+
+        translations = await asyncio.gather(*(one(text) for text in request.texts))
+        call.emitted(len(translations))
+        return pb.TranslateBatchResponse(translations=translations)
