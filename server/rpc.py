@@ -101,6 +101,12 @@ class Call:
         self.metrics.emitted.labels(**self.labels).inc(count)
 
     def finish(self, code: grpc.StatusCode) -> None:
+        """Record the call once it is over: a client that went away reads as the end of its stream, so
+        only the finished RPC tells whether it was cancelled."""
+        self.context.add_done_callback(
+            lambda context: self._record(grpc.StatusCode.CANCELLED if context.cancelled() else code))
+
+    def _record(self, code: grpc.StatusCode) -> None:
         self.metrics.requests.labels(**self.labels, code=code.name).inc()
         self.metrics.request_duration.labels(**self.labels).observe(time.perf_counter() - self.started)
         if self.streaming:

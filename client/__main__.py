@@ -1,0 +1,91 @@
+"""``python -m client {sentiment,forecast,translate,models,health} …``: the API from a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+
+import grpc
+
+from client.api import Client
+
+
+def stdin_chunks() -> Iterator[str]:
+    """Whatever arrives on stdin, as it arrives (a pipe or a terminal, line by line)."""
+    while chunk := os.read(sys.stdin.fileno(), 4096):
+        yield chunk.decode("utf-8", errors="replace")
+
+
+def sentiment(client: Client, args: argparse.Namespace) -> None:
+    chunks = iter([" ".join(args.text)]) if args.text else stdin_chunks()
+    for update in client.stream_sentiment(chunks, model=args.model):
+        bar = "#" * round(update.positive * 20)
+        print(f"{update.position:4d}  {update.token:<16} P(positive)={update.positive:.4f}  {bar}", flush=True)
+
+
+def forecast(client: Client, args: argparse.Namespace) -> None:
+    history = [float(v) for v in args.history.split(",")]
+    steps = client.forecast(history, args.horizon, args.quantiles or (), args.start_month, model=args.model)
+    for index, step in enumerate(steps):
+        if index == 0:
+            print("step month        point  " + "  ".join(f"q{level:<9.2f}" for level in step.quantile_levels))
+        print(f"{step.step:4d} {step.month:5d} {step.point:12.2f}  " + "  ".join(f"{q:10.2f}" for q in step.quantiles),
+              flush=True)
+
+
+def translate(client: Client, args: argparse.Namespace) -> None:
+    for token in client.translate(" ".join(args.text), beam=args.beam, model=args.model):
+        if args.verbose:
+            focus = max(range(len(token.attention)), key=token.attention.__getitem__)
+            print(f"{token.piece!r:>16} id={token.token_id:<5} logp={token.log_prob:7.3f} attends to #{focus}",
+                  flush=True)
+        else:
+            print(token.piece, end="", flush=True)
+    if not args.verbose:
+        print()
+
+
+def models(client: Client, args: argparse.Namespace) -> None:
+    for info in client.list_models():
+        print(f"{info.name}/{info.version}  {info.task:<12} {info.description}")
+
+
+def health(client: Client, args: argparse.Namespace) -> None:
+    print(client.health())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
+    parser.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("sentiment", help="running probability per token (text arguments or stdin)")
+    p.add_argument("text", nargs="*")
+    p.add_argument("--model", default="sentiment")
+    p.set_defaults(run=sentiment)
+    p = commands.add_parser("forecast", help="quantile forecasts of a series")
+    p.add_argument("--history", required=True, help="comma-separated values, oldest first")
+    p.add_argument("--horizon", type=int, default=12)
+    p.add_argument("--quantiles", type=float, nargs="*")
+    p.add_argument("--start-month", type=int, default=1, help="month of year of the first value (1 = January)")
+    p.add_argument("--model", default="forecast")
+    p.set_defaults(run=forecast)
+    p = commands.add_parser("translate", help="tokens as they are decoded")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--verbose", "-v", action="store_true", help="one line per token: id, log-prob, attention")
+    p.add_argument("--model", default="translation")
+    p.set_defaults(run=translate)
+    commands.add_parser("models", help="the loaded models").set_defaults(run=models)
+    commands.add_parser("health", help="the server's health status").set_defaults(run=health)
+    args = parser.parse_args(argv)
+    with Client(args.server) as client:
+        try:
+            args.run(client, args)
+        except grpc.RpcError as error:
+            sys.exit(f"{error.code().name}: {error.details()}")
+
+
+if __name__ == "__main__":
+    main()

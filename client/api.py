@@ -1,0 +1,88 @@
+"""``Client``: one channel, one method per RPC, plain Python values in and protobuf messages out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import grpc
+
+from server.gen.grpc.health.v1 import health_pb2, health_pb2_grpc
+from server.gen.seqserve.v1 import (
+    common_pb2,
+    forecast_pb2,
+    forecast_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    sentiment_pb2,
+    sentiment_pb2_grpc,
+    translate_pb2,
+    translate_pb2_grpc,
+)
+
+
+class Client:
+    def __init__(self, target: str = "localhost:50051", timeout: float | None = None) -> None:
+        self.channel = grpc.insecure_channel(target)
+        self.timeout = timeout
+        self.sentiment = sentiment_pb2_grpc.SentimentStub(self.channel)
+        self.forecaster = forecast_pb2_grpc.ForecastStub(self.channel)
+        self.translation = translate_pb2_grpc.TranslationStub(self.channel)
+        self.models = models_pb2_grpc.ModelsStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def health(self, service: str = "") -> str:
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def list_models(self) -> list[models_pb2.ModelInfo]:
+        return list(self.models.ListModels(models_pb2.ListModelsRequest(), timeout=self.timeout).models)
+
+    def get_model(self, name: str, version: int = 0) -> models_pb2.ModelInfo:
+        return self.models.GetModel(common_pb2.ModelRef(name=name, version=version), timeout=self.timeout)
+
+    def classify(self, texts: list[str], model: str = "sentiment", version: int = 0
+                 ) -> sentiment_pb2.ClassifyResponse:
+        request = sentiment_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=model, version=version), texts=texts)
+        return self.sentiment.Classify(request, timeout=self.timeout)
+
+    def stream_sentiment(self, chunks: Iterable[str], model: str = "sentiment", version: int = 0
+                         ) -> Iterator[sentiment_pb2.SentimentUpdate]:
+        """One update per complete token while ``chunks`` are still being produced."""
+        def requests() -> Iterator[sentiment_pb2.SentimentChunk]:
+            ref = common_pb2.ModelRef(name=model, version=version)
+            for index, chunk in enumerate(chunks):
+                yield sentiment_pb2.SentimentChunk(model=ref if index == 0 else None, text=chunk)
+
+        return self.sentiment.StreamSentiment(requests(), timeout=self.timeout)
+
+    def forecast(self, history: list[float], horizon: int, quantiles: Iterable[float] = (), start_month: int = 0,
+                 model: str = "forecast", version: int = 0) -> Iterator[forecast_pb2.ForecastStep]:
+        request = forecast_pb2.ForecastRequest(model=common_pb2.ModelRef(name=model, version=version),
+                                               history=history, horizon=horizon, quantiles=list(quantiles),
+                                               start_month=start_month)
+        return self.forecaster.Forecast(request, timeout=self.timeout)
+
+    def observe(self, observations: Iterable[forecast_pb2.Observation]) -> Iterator[forecast_pb2.ForecastUpdate]:
+        return self.forecaster.Observe(iter(observations), timeout=self.timeout)
+
+    def translate(self, text: str, beam: int = 1, max_length: int = 0, length_penalty: float = 0.0,
+                  model: str = "translation", version: int = 0) -> Iterator[translate_pb2.TranslateToken]:
+        request = translate_pb2.TranslateRequest(
+            model=common_pb2.ModelRef(name=model, version=version), text=text,
+            options=translate_pb2.DecodeOptions(beam=beam, max_length=max_length, length_penalty=length_penalty))
+        return self.translation.Translate(request, timeout=self.timeout)
+
+    def translate_batch(self, texts: list[str], beam: int = 1, model: str = "translation", version: int = 0
+                        ) -> translate_pb2.TranslateBatchResponse:
+        request = translate_pb2.TranslateBatchRequest(model=common_pb2.ModelRef(name=model, version=version),
+                                                      texts=texts, options=translate_pb2.DecodeOptions(beam=beam))
+        return self.translation.TranslateBatch(request, timeout=self.timeout)

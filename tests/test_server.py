@@ -1,0 +1,327 @@
+"""End to end over a real loopback server on an ephemeral port (the shipped ``models/``)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from client import Client
+from client.__main__ import main as cli
+from server.app import Server
+from server.config import Config, load_config
+from server.gen.grpc.health.v1 import health_pb2
+from server.gen.grpc.reflection.v1 import reflection_pb2, reflection_pb2_grpc
+from server.gen.seqserve.v1 import common_pb2, forecast_pb2, sentiment_pb2, sentiment_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
+pytestmark = pytest.mark.skipif(not (MODELS / "sentiment").is_dir(), reason=f"no sentiment model in {MODELS}")
+
+CONFIG = Config(models=str(MODELS), host="127.0.0.1", port=0, metrics_port=0, max_streams=80, idle_timeout_s=2.0,
+                max_text_chars=500, max_texts=8, max_horizon=24, grace_s=1.0)
+TEXTS = [
+    "A wonderful, moving film with a great cast.", "Dull, lifeless and far too long.",
+    "It's not bad, but it isn't good either.", "The best thing I've seen this year!",
+]
+
+
+class Running:
+    """A ``Server`` on its own event loop in a background thread."""
+
+    def __init__(self, config: Config) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: Server = self.call(self._start(config))
+        self.target = f"127.0.0.1:{self.server.port}"
+
+    async def _start(self, config: Config) -> Server:
+        server = Server(config)
+        await server.start()
+        return server
+
+    def call(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics").read().decode()
+
+    def sample(self, name: str, **labels: str) -> float:
+        """One sample's value from the metrics page (0 when absent)."""
+        for line in self.metrics().splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def in_use(self) -> int:
+        return sum(pool.in_use for versions in self.server.runners.values() for r in versions.values()
+                   for pool in r.pools.values())
+
+    def stop(self) -> None:
+        self.call(self.server.stop(0.5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[Running]:
+    running = Running(CONFIG)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(running: Running) -> Iterator[Client]:
+    with Client(running.target, timeout=30) as client:
+        yield client
+
+
+def chunks_of(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_health_and_reflection(running: Running, client: Client) -> None:
+    assert client.health() == "SERVING"
+    assert client.health("seqserve.v1.Sentiment") == "SERVING"
+    with pytest.raises(grpc.RpcError) as error:
+        client.health("no.Such")
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    stub = reflection_pb2_grpc.ServerReflectionStub(client.channel)
+    answers = list(stub.ServerReflectionInfo(iter([
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="seqserve.v1.Sentiment"),
+    ])))
+    services = {s.name for s in answers[0].list_services_response.service}
+    assert {"seqserve.v1.Sentiment", "seqserve.v1.Forecast", "seqserve.v1.Translation", "seqserve.v1.Models",
+            "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= services
+    assert len(answers[1].file_descriptor_response.file_descriptor_proto) == 2  # sentiment.proto + common.proto
+    assert health_pb2.HealthCheckResponse.SERVING == 1
+
+
+def test_models(client: Client) -> None:
+    names = {(m.name, m.task) for m in client.list_models()}
+    assert ("sentiment", "sentiment") in names
+    info = client.get_model("sentiment")
+    assert info.version >= 1 and "step" in info.graphs and '"labels"' in info.preprocessing_json
+    for name, version in (("nope", 0), ("sentiment", 999)):
+        with pytest.raises(grpc.RpcError) as error:
+            client.get_model(name, version)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_classify(client: Client) -> None:
+    response = client.classify(TEXTS)
+    assert list(response.labels) == ["rotten", "fresh"]
+    assert [r.label for r in response.results][:2] == ["fresh", "rotten"]
+    for result in response.results:
+        assert math.isclose(sum(result.probabilities), 1.0, rel_tol=1e-5)
+    long = client.classify([" ".join(["good"] * 100)]).results[0]
+    assert long.truncated and long.tokens == 64
+
+
+def test_stream_sentiment_holds_split_words(client: Client) -> None:
+    text = "It's a wonderful film, isn't it?"
+    whole = [(u.token, u.positive) for u in client.stream_sentiment([text])]
+    assert [t for t, _ in whole] == ["it's", "a", "wonderful", "film", ",", "isn't", "it", "?"]
+    split = [(u.token, u.positive) for u in client.stream_sentiment(chunks_of(text, 3))]
+    assert split == whole
+
+
+@pytest.mark.parametrize(("call", "field"), [
+    (lambda c: c.classify([""]), "texts[0] is empty"),
+    (lambda c: c.classify(["   "]), "texts[0] is empty"),
+    (lambda c: c.classify(["x" * 501]), "texts[0] has 501 characters, the limit is 500"),
+    (lambda c: c.classify(["ok"] * 9), "texts (their number) is 9, it must be between 1 and 8"),
+    (lambda c: list(c.stream_sentiment(["x" * 501])), "text has 501 characters, the limit is 500"),
+    (lambda c: c.classify(["ok"], model="nope"), "model.name 'nope' is not loaded"),
+    (lambda c: c.classify(["ok"], version=999), "model.version 999 of 'sentiment' is not loaded"),
+    (lambda c: list(c.forecast([1.0, math.nan], 3, model="sentiment")), "is a sentiment model"),
+])
+def test_bad_input(client: Client, call, field: str) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        call(client)
+    expected = grpc.StatusCode.NOT_FOUND if "not loaded" in field else grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.code() == expected
+    assert field in error.value.details()
+    assert client.classify(["still serving"]).results  # the server keeps serving
+
+
+async def _stream(target: str, text: str) -> list[tuple[str, tuple[float, ...]]]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = sentiment_pb2_grpc.SentimentStub(channel)
+        ref = common_pb2.ModelRef(name="sentiment")
+        requests = [sentiment_pb2.SentimentChunk(model=ref if i == 0 else None, text=c)
+                    for i, c in enumerate(chunks_of(text, 7))]
+        return [(u.token, tuple(u.probabilities)) async for u in stub.StreamSentiment(iter(requests))]
+
+
+def test_batched_streams_equal_solo_streams(running: Running) -> None:
+    """64 concurrent streams give the probabilities each gives alone.
+
+    ORT's CPU kernels may round differently for another batch size, so the check allows 1e-5;
+    the recorded maximum difference on the shipped model is below that.
+    """
+    texts = [f"{TEXTS[i % 4]} {'Truly ' * (i % 5)}scene {i} was {['great', 'awful'][i % 2]}." for i in range(64)]
+    solo = [asyncio.run(_stream(running.target, text)) for text in texts]
+    batches_before = running.sample("seqserve_batch_size_count", graph="step")
+    rows_before = running.sample("seqserve_batch_size_sum", graph="step")
+
+    async def together() -> list:
+        return await asyncio.gather(*(_stream(running.target, text) for text in texts))
+
+    batched = asyncio.run(together())
+    batches = running.sample("seqserve_batch_size_count", graph="step") - batches_before
+    rows = running.sample("seqserve_batch_size_sum", graph="step") - rows_before
+    assert rows / batches > 8, "the streams were not batched"
+    for alone, among in zip(solo, batched, strict=True):
+        assert [t for t, _ in alone] == [t for t, _ in among]
+        pairs = zip(alone, among, strict=True)
+        worst = max(abs(a - b) for (_, pa), (_, pb) in pairs for a, b in zip(pa, pb, strict=True))
+        assert worst <= 1e-5
+
+
+def test_cancel_frees_the_slot(running: Running) -> None:
+    async def cancel_midway() -> None:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            queue: asyncio.Queue = asyncio.Queue()
+            await queue.put(sentiment_pb2.SentimentChunk(model=common_pb2.ModelRef(name="sentiment"), text="so good "))
+
+            async def requests():
+                while True:
+                    yield await queue.get()
+
+            call = sentiment_pb2_grpc.SentimentStub(channel).StreamSentiment(requests())
+            await call.read()
+            assert running.sample("seqserve_active_streams", method="StreamSentiment") == 1
+            call.cancel()
+
+    cancelled = running.sample("seqserve_sessions_ended_total", method="StreamSentiment", reason="cancelled")
+    asyncio.run(cancel_midway())
+    assert wait_for(lambda: running.sample("seqserve_active_streams", method="StreamSentiment") == 0)
+    assert wait_for(lambda: running.in_use() == 0)
+    ended = running.sample("seqserve_sessions_ended_total", method="StreamSentiment", reason="cancelled")
+    assert ended == cancelled + 1
+
+
+def test_idle_timeout_and_deadline(running: Running, client: Client) -> None:
+    def slow(pause: float) -> Iterator[str]:
+        yield "fine "
+        time.sleep(pause)
+        yield "film"
+
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.stream_sentiment(slow(CONFIG.idle_timeout_s + 1)))
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "idle_timeout_s" in error.value.details()
+    assert running.sample("seqserve_sessions_ended_total", reason="idle_timeout") >= 1
+    with Client(running.target, timeout=0.5) as hurried, pytest.raises(grpc.RpcError) as error:
+        list(hurried.stream_sentiment(slow(1.0)))
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_for(lambda: running.in_use() == 0)
+
+
+def test_limits_refuse_with_resource_exhausted() -> None:
+    small = Running(replace(CONFIG, max_streams=1, max_queue=1))
+    try:
+        with Client(small.target, timeout=10) as client:
+            def held() -> Iterator[str]:
+                yield "one "
+                time.sleep(1.0)
+
+            first = client.stream_sentiment(held())
+            next(first)
+            with pytest.raises(grpc.RpcError) as error:
+                list(client.stream_sentiment(["two"]))
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "slots" in error.value.details()
+            list(first)
+            with pytest.raises(grpc.RpcError) as error:
+                client.classify(TEXTS[:3])
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queued" in error.value.details()
+            assert client.classify(TEXTS[:1]).results
+    finally:
+        small.stop()
+
+
+def test_metrics_page(running: Running, client: Client) -> None:
+    client.classify(TEXTS[:1])
+    list(client.stream_sentiment(["good"]))
+    page = running.metrics()
+    for name in ("seqserve_requests_total", "seqserve_request_duration_seconds",
+                 "seqserve_time_to_first_result_seconds", "seqserve_inter_token_latency_seconds",
+                 "seqserve_queue_wait_seconds", "seqserve_batch_size",
+                 "seqserve_step_duration_seconds", "seqserve_active_streams", "seqserve_emitted_total",
+                 "seqserve_sessions_ended_total"):
+        assert re.search(rf"^{name}\S*{{.*model=\"sentiment\"", page, re.MULTILINE), name
+    assert 'code="INVALID_ARGUMENT"' in page
+
+
+def test_cli(running: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    cli(["--server", running.target, "sentiment", "A", "wonderful", "film"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "wonderful" in lines[1] and "P(positive)=" in lines[1]
+    cli(["--server", running.target, "models"])
+    assert "sentiment/" in capsys.readouterr().out
+
+
+def test_config_precedence(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"max_batch": 8, "port": 1}')
+    config = load_config(["--config", str(path), "--port", "3"], {"SEQSERVE_PORT": "2", "SEQSERVE_MAX_WAIT_MS": "5"})
+    assert (config.max_batch, config.port, config.max_wait_ms) == (8, 3, 5.0)
+    path.write_text('{"nope": 1}')
+    with pytest.raises(ValueError, match="unknown options"):
+        load_config(["--config", str(path)], {})
+
+
+@pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
+def test_forecast(client: Client) -> None:
+    history = [100 + 10 * math.sin(i / 2) for i in range(48)]
+    steps = list(client.forecast(history, 6, quantiles=[0.1, 0.5, 0.9], start_month=1))
+    assert [s.step for s in steps] == list(range(1, 7)) and [s.month for s in steps] == list(range(1, 7))
+    for step in steps:
+        assert step.quantiles[0] <= step.point <= step.quantiles[2]
+    first = forecast_pb2.Observation(model=common_pb2.ModelRef(name="forecast"), values=history, horizon=1)
+    updates = list(client.observe([first, forecast_pb2.Observation(values=[101.0], horizon=2)]))
+    assert [len(u.steps) for u in updates] == [1, 2] and updates[1].observed == 49
+    assert math.isclose(updates[0].steps[0].point, steps[0].point, rel_tol=1e-5)
+    for bad, field in (([1.0, math.nan] * 20, "history[1] is nan"), (history, "horizon is 0")):
+        with pytest.raises(grpc.RpcError) as error:
+            list(client.forecast(bad, 0 if field.startswith("horizon") else 3))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in error.value.details()
+    for horizon, quantiles, field in ((25, [], "horizon is 25"), (3, [0.33], "quantiles[0] = 0.33")):
+        with pytest.raises(grpc.RpcError) as error:
+            list(client.forecast(history, horizon, quantiles=quantiles))
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in error.value.details()
+
+
+@pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
+def test_translate(client: Client) -> None:
+    tokens = list(client.translate("The file could not be opened."))
+    assert tokens and len(tokens[0].source_tokens) >= 2
+    assert all(math.isclose(sum(t.attention), 1.0, rel_tol=1e-4) for t in tokens)
+    batch = client.translate_batch(["The file could not be opened."])
+    assert list(batch.translations[0].token_ids) == [t.token_id for t in tokens]
+    beam = list(client.translate("The file could not be opened.", beam=4))
+    assert beam
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.translate(""))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "text is empty" in error.value.details()
