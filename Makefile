@@ -4,12 +4,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
+.PHONY: serve protos install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m server.protos
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -47,6 +48,15 @@ models: train-sentiment train-forecast train-translate
 # Score the shipped ONNX models on their test splits (ONNX Runtime, no torch).
 check-models: data
 	$(PY) -m export.check_shipped models
+
+# Regenerate the gRPC code (server/gen/, git-ignored) after editing protos/.
+protos: $(STAMP)
+	$(PY) -m server.protos
+
+# The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on :9100.
+serve: $(STAMP)
+	$(PY) -m server.protos
+	$(PY) -m server --models models --port 50051 --metrics-port 9100
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
