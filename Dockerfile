@@ -1,0 +1,22 @@
+# The seqserve server: ONNX Runtime, gRPC and Prometheus only (no torch). The gRPC code is
+# generated at build time in a throwaway stage that has grpcio-tools.
+FROM python:3.11-slim AS protos
+WORKDIR /src
+RUN pip install --no-cache-dir "grpcio-tools>=1.60"
+COPY protos protos
+COPY server/protos.py server/protos.py
+RUN touch server/__init__.py && python -m server.protos
+
+FROM python:3.11-slim
+WORKDIR /app
+# sentencepiece is needed only to serve a translation model.
+RUN pip install --no-cache-dir "numpy>=1.26" "onnxruntime>=1.18" "grpcio>=1.60" "protobuf>=4.25" \
+    "prometheus-client>=0.20" "sentencepiece>=0.2"
+COPY server server
+COPY client client
+COPY --from=protos /src/server/gen server/gen
+COPY models models
+EXPOSE 50051 9100
+USER nobody
+ENTRYPOINT ["python", "-m", "server"]
+CMD ["--models", "models", "--port", "50051", "--metrics-port", "9100"]
