@@ -11,8 +11,11 @@ from training import forecast
 from training.forecast import Config, baseline_forecasts, forecast_panel, scores
 from training.forecast_data import (
     EPS,
+    FLOOR,
     HORIZON,
     Panel,
+    decode,
+    encode,
     fit_scale,
     gather_windows,
     load_panel,
@@ -22,7 +25,9 @@ from training.forecast_data import (
 from training.forecast_model import (
     MEDIAN,
     QUANTILES,
+    Ensemble,
     Forecaster,
+    StepModel,
     ordered_quantiles,
     pinball_loss,
     rollout,
@@ -38,15 +43,18 @@ def panel(data_dir: Path) -> Panel:
     return load_panel(data_dir / "forecast" / "aus_retail.csv")
 
 
-def small_model(cell: str) -> Forecaster:
-    torch.manual_seed(0)
-    return Forecaster(cell, hidden=16, layers=2, dropout=0.0, lags=LAGS).eval()
+def small_model(cell: str, seed: int = 0) -> StepModel:
+    """A small Forecaster of ``cell``, or for ``"ensemble"`` an Ensemble of two different LSTMs."""
+    if cell == "ensemble":
+        return Ensemble([small_model("lstm", 1), small_model("lstm", 2)]).eval()
+    torch.manual_seed(seed)
+    return Forecaster(cell, hidden=16, layers=2, dropout=0.0, lags=LAGS, skip_lag=12).eval()
 
 
 def windows(panel: Panel, rows: list[int], context: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     pairs = np.array([[row, len(panel.values[row]) - HORIZON] for row in rows])
     raw, months, scales = gather_windows(panel, pairs, context, LAGS, HORIZON)
-    return torch.from_numpy(raw / scales[:, None]).float(), torch.from_numpy(months), scales
+    return torch.from_numpy(encode(raw, scales[:, None], "log")).float(), torch.from_numpy(months), scales
 
 
 def test_panel_is_the_real_aus_retail(panel: Panel) -> None:
@@ -57,24 +65,27 @@ def test_panel_is_the_real_aus_retail(panel: Panel) -> None:
     assert set(panel.start_months.tolist()) == {3, 6}  # April 1982 / 1988, July 1998
 
 
-def test_scaler_round_trips_and_follows_the_documented_rule(panel: Panel) -> None:
+@pytest.mark.parametrize("transform", ["log", "identity"])
+def test_scaler_round_trips_and_follows_the_documented_rule(panel: Panel, transform: str) -> None:
     series = panel.values[7]
     scale = fit_scale(series, 48)
     assert scale == pytest.approx(np.abs(series[-48:]).mean() + EPS)
-    np.testing.assert_allclose((series / scale) * scale, series)
-    scaled, _, scales = windows(panel, [7, 80], context=48)
-    raw, _, _ = gather_windows(
-        panel, np.array([[7, len(series) - HORIZON], [80, len(panel.values[80]) - HORIZON]]), 48, LAGS, HORIZON
-    )
-    np.testing.assert_allclose(scaled.double().numpy() * scales[:, None], raw, rtol=1e-6)
+    expected = np.log(series / scale) if transform == "log" else series / scale
+    np.testing.assert_allclose(encode(series, scale, transform), expected)
+    np.testing.assert_allclose(decode(encode(series, scale, transform), scale, transform), series)
+    if transform == "log":  # zeros and negatives are clipped to the floor, never NaN
+        assert encode(np.array([0.0, -5.0]), scale, "log").tolist() == [np.log(FLOOR)] * 2
     # The scale lives outside the model: a series ten times larger gets forecasts ten times larger.
     model = small_model("lstm")
     part = panel.subset([3, 50]).cut(HORIZON)
     bigger = Panel(part.ids, part.names, [10 * v for v in part.values], part.start_months)
-    np.testing.assert_allclose(forecast_panel(model, bigger, 48), 10 * forecast_panel(model, part, 48), rtol=1e-4)
+    expected = 10 * forecast_panel(model, part, 48, transform)
+    np.testing.assert_allclose(
+        forecast_panel(model, bigger, 48, transform), expected, rtol=1e-4, atol=1e-5 * expected.max()
+    )
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "ensemble"])
 def test_step_by_step_equals_teacher_forced_pass(panel: Panel, cell: str) -> None:
     model, context = small_model(cell), 36
     scaled, months, _ = windows(panel, [0, 42, 149], context)
@@ -104,7 +115,7 @@ def test_quantiles_are_ordered(panel: Panel) -> None:
     torch.manual_seed(1)
     raw = 20 * torch.randn(500, len(QUANTILES))
     assert (ordered_quantiles(raw).diff(dim=-1) >= 0).all()
-    quantiles = forecast_panel(small_model("gru"), panel.subset([5, 90]).cut(HORIZON), 48)
+    quantiles = forecast_panel(small_model("gru"), panel.subset([5, 90]).cut(HORIZON), 48, "log")
     assert quantiles.shape == (2, HORIZON, len(QUANTILES))
     assert (np.diff(quantiles, axis=-1) >= 0).all()
 
@@ -113,10 +124,10 @@ def test_an_unseen_short_series_works() -> None:
     months = np.arange(30)
     series = 100 + 20 * np.sin(2 * np.pi * months / 12) + months
     unseen = Panel(["new"], ["a series from nowhere"], [series], np.array([0]))
-    quantiles = forecast_panel(small_model("lstm"), unseen, context=48, horizon=6)
+    quantiles = forecast_panel(small_model("lstm"), unseen, context=48, transform="log", horizon=6)
     assert quantiles.shape == (1, 6, len(QUANTILES)) and np.isfinite(quantiles).all()
     with pytest.raises(ValueError, match="at least 12 points"):
-        forecast_panel(small_model("lstm"), Panel(["x"], ["x"], [series[:11]], np.array([0])), context=48)
+        forecast_panel(small_model("lstm"), Panel(["x"], ["x"], [series[:11]], np.array([0])), 48, "log")
 
 
 def test_scores_of_a_perfect_and_a_seasonal_naive_forecast(panel: Panel) -> None:
@@ -134,7 +145,7 @@ def test_training_on_a_small_subset_reduces_the_loss(panel: Panel) -> None:
     subset, context = panel.subset(list(range(0, 150, 15))), 24
     pairs = training_windows(subset, context, LAGS)
     raw, months, scales = gather_windows(subset, pairs[:: max(len(pairs) // 256, 1)], context, LAGS, HORIZON)
-    scaled, months0 = torch.from_numpy(raw / scales[:, None]).float(), torch.from_numpy(months)
+    scaled, months0 = torch.from_numpy(encode(raw, scales[:, None], "log")).float(), torch.from_numpy(months)
     origin = prefix_length(LAGS) + context
     model = Forecaster("lstm", hidden=16, layers=1, dropout=0.0, lags=LAGS)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -165,18 +176,26 @@ def test_baselines_run(panel: Panel) -> None:
 
 
 def test_cli_trains_evaluates_and_saves_a_rebuildable_model(tmp_path: Path, data_dir: Path) -> None:
-    options = {"series": 6, "epochs": 2, "batches-per-epoch": 3, "batch-size": 16, "hidden": 8, "layers": 1}
+    options = {
+        "series": 6,
+        "epochs": 2,
+        "members": 2,
+        "batches-per-epoch": 3,
+        "batch-size": 16,
+        "hidden": 8,
+        "layers": 1,
+    }
     options |= {"context": 24, "baselines": "seasonal_naive", "fan-series": 2, "cell": "gru"}
     args = [part for name, value in options.items() for part in (f"--{name}", str(value))]
     forecast.main([*args, "--out", str(tmp_path)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["test"]) == {"model", "seasonal_naive"}
-    assert metrics["dataset_sizes"]["series"] == 6 and metrics["epochs_run"] == 2
+    assert metrics["dataset_sizes"]["series"] == 6 and [m["epochs_run"] for m in metrics["members"]] == [2, 2]
     assert all(np.isfinite(row["mase"]) for row in metrics["test"].values())
-    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "fan_chart.png").stat().st_size > 0
+    assert (tmp_path / "curves_member1.png").stat().st_size > 0 and (tmp_path / "fan_chart.png").stat().st_size > 0
     checkpoint = torch.load(tmp_path / "model.pt")
     cfg = Config(**checkpoint["config"])
     model = cfg.build()
     model.load_state_dict(checkpoint["state_dict"])
     part = load_panel(data_dir / "forecast" / "aus_retail.csv").subset([0]).cut(HORIZON)
-    assert np.isfinite(forecast_panel(model, part, cfg.context)).all()
+    assert np.isfinite(forecast_panel(model, part, cfg.context, cfg.transform)).all()

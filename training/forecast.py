@@ -3,8 +3,9 @@
     python -m training forecast [--cell lstm|gru] [--out runs/forecast] ...
 
 The last 24 months of every series are the test horizon, the 24 before them validation.
-The model trains on windows whose targets end before the validation horizon, picks its
-epoch on validation MASE, and forecasts the test horizon from the 24 months before it,
+Each of ``--members`` models (seeds ``seed``, ``seed + 1``, …) trains on windows whose targets
+end before the validation horizon and keeps its epoch with the best validation MASE; their
+quantiles are averaged. The ensemble and forecasts the test horizon from the 24 months before it,
 one step at a time, feeding its median back. Seasonal naive, ETS and AutoARIMA
 (``statsforecast``) forecast the same horizon from the same history. See docs/forecast.md.
 """
@@ -26,16 +27,29 @@ from training.common import EarlyStopping, git_commit, plot_curves, set_seed, wr
 from training.forecast_data import (
     DATA_FILE,
     EPS,
+    FLOOR,
     HORIZON,
     SEASON,
+    TRANSFORMS,
     Panel,
+    decode,
+    encode,
     gather_windows,
     load_panel,
     prefix_length,
     season_naive_mae,
     training_windows,
 )
-from training.forecast_model import MEDIAN, QUANTILES, RNN_MODULES, Forecaster, pinball_loss, rollout
+from training.forecast_model import (
+    MEDIAN,
+    QUANTILES,
+    RNN_MODULES,
+    Ensemble,
+    Forecaster,
+    StepModel,
+    pinball_loss,
+    rollout,
+)
 
 BASELINES = ("seasonal_naive", "ets", "autoarima")
 
@@ -47,17 +61,19 @@ class Config:
     layers: int = 2
     dropout: float = 0.1
     context: int = 48
-    lags: str = "12"
+    transform: str = "log"
+    lags: str = "12,13,24"
     skip_lag: int = 12
-    epochs: int = 40
+    epochs: int = 10
     batches_per_epoch: int = 100
     batch_size: int = 128
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.0
     context_weight: float = 1.0
     mase_weighting: int = 1
-    patience: int = 8
+    patience: int = 4
     seed: int = 0
+    members: int = 5
     series: int = 0
     threads: int = 1
     baselines: str = ",".join(BASELINES)
@@ -67,15 +83,20 @@ class Config:
     def lag_tuple(self) -> tuple[int, ...]:
         return tuple(int(lag) for lag in self.lags.split(",") if lag.strip())
 
-    def build(self) -> Forecaster:
+    def member(self) -> Forecaster:
         return Forecaster(self.cell, self.hidden, self.layers, self.dropout, self.lag_tuple, self.skip_lag)
+
+    def build(self) -> Ensemble:
+        return Ensemble([self.member() for _ in range(self.members)])
 
 
 # --- forecasting and metrics -------------------------------------------------------------------
 
 
 @torch.no_grad()
-def forecast_panel(model: Forecaster, history: Panel, context: int, horizon: int = HORIZON) -> np.ndarray:
+def forecast_panel(
+    model: StepModel, history: Panel, context: int, transform: str, horizon: int = HORIZON
+) -> np.ndarray:
     """Quantile forecasts ``[N, horizon, Q]`` in the series' own units, from the end of every series.
 
     A series shorter than the configured context uses all it has (at least one value after
@@ -92,9 +113,9 @@ def forecast_panel(model: Forecaster, history: Panel, context: int, horizon: int
         rows = np.flatnonzero(usable == size)
         pairs = np.stack([rows, lengths[rows]], axis=1)
         windows, months, scales = gather_windows(history, pairs, int(size), model.lags, horizon)
-        scaled = torch.from_numpy(windows / scales[:, None]).float()
+        scaled = torch.from_numpy(encode(windows, scales[:, None], transform)).float()
         _, quantiles = rollout(model, scaled, torch.from_numpy(months), int(size), horizon)
-        result[rows] = quantiles.double().numpy() * scales[:, None, None]
+        result[rows] = decode(quantiles.double().numpy(), scales[:, None, None], transform)
     return result
 
 
@@ -167,15 +188,15 @@ def baseline_forecasts(history: Panel, names: list[str], horizon: int = HORIZON)
 # --- training ----------------------------------------------------------------------------------
 
 
-def train_model(cfg: Config, panel: Panel) -> tuple[Forecaster, dict[str, list[float]], dict]:
+def train_model(cfg: Config, panel: Panel, seed: int) -> tuple[Forecaster, dict[str, list[float]], dict]:
     """Train on windows ending before the validation horizon; keep the epoch with the best validation MASE."""
-    set_seed(cfg.seed)
-    model = cfg.build()
+    set_seed(seed)
+    model = cfg.member()
     lags, prefix = cfg.lag_tuple, prefix_length(cfg.lag_tuple)
     train_panel = panel.cut(2 * HORIZON)
     pairs = training_windows(train_panel, cfg.context, lags)
     windows, months, scales = gather_windows(train_panel, pairs, cfg.context, lags, HORIZON)
-    scaled = torch.from_numpy(windows / scales[:, None]).float()
+    scaled = torch.from_numpy(encode(windows, scales[:, None], cfg.transform)).float()
     months0 = torch.from_numpy(months)
     origin = prefix + cfg.context
     # MASE divides each series' error by its in-sample seasonal naive MAE; weighting each window's
@@ -188,10 +209,10 @@ def train_model(cfg: Config, panel: Panel) -> tuple[Forecaster, dict[str, list[f
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.batches_per_epoch)
     stopper = EarlyStopping(cfg.patience, higher_is_better=False)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(seed)
     history: dict[str, list[float]] = {"train loss": [], "validation MASE": [], "validation quantile loss": []}
     best_state, epoch_seconds = None, []
-    epochs = tqdm(range(cfg.epochs), desc=f"forecast {cfg.cell}", unit="epoch")
+    epochs = tqdm(range(cfg.epochs), desc=f"forecast {cfg.cell} seed {seed}", unit="epoch")
     for epoch in epochs:
         model.train()
         epoch_start, total = time.time(), 0.0
@@ -212,7 +233,9 @@ def train_model(cfg: Config, panel: Panel) -> tuple[Forecaster, dict[str, list[f
             total += loss.item()
             bar.set_postfix(loss=f"{total / (batch + 1):.4f}")
         epoch_seconds.append(time.time() - epoch_start)
-        validation = scores(train_panel, validation_actuals, forecast_panel(model, train_panel, cfg.context))
+        validation = scores(
+            train_panel, validation_actuals, forecast_panel(model, train_panel, cfg.context, cfg.transform)
+        )
         history["train loss"].append(total / cfg.batches_per_epoch)
         history["validation MASE"].append(validation["mase"])
         history["validation quantile loss"].append(validation["quantile_loss"])
@@ -266,7 +289,7 @@ def plot_fan_chart(
 
 
 def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
-    """Train, forecast the test horizon, run the baselines; write model.pt, metrics.json, curves.png, fan_chart.png."""
+    """Train the members, forecast the test horizon, run the baselines; write model.pt, metrics.json and PNGs."""
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -274,11 +297,18 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
     if cfg.series:
         panel = panel.subset(np.linspace(0, len(panel.ids) - 1, cfg.series).round().astype(int))
     out.mkdir(parents=True, exist_ok=True)
-    model, history, summary = train_model(cfg, panel)
+    trained = [train_model(cfg, panel, cfg.seed + k) for k in range(cfg.members)]
+    model = Ensemble([member for member, _, _ in trained]).eval()
+    validation_history = panel.cut(2 * HORIZON)
+    validation = scores(
+        validation_history,
+        np.stack([v[-2 * HORIZON : -HORIZON] for v in panel.values]),
+        forecast_panel(model, validation_history, cfg.context, cfg.transform),
+    )
 
     test_history = panel.cut(HORIZON)
     actuals = np.stack([v[-HORIZON:] for v in panel.values])
-    model_quantiles = forecast_panel(model, test_history, cfg.context)
+    model_quantiles = forecast_panel(model, test_history, cfg.context, cfg.transform)
     names = [name for name in cfg.baselines.split(",") if name]
     forecasts = {"model": model_quantiles, **baseline_forecasts(test_history, names)}
     test = {name: scores(test_history, actuals, q) for name, q in forecasts.items()}
@@ -288,19 +318,21 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
             "config": asdict(cfg),
             "state_dict": model.state_dict(),
             "quantiles": QUANTILES,
-            "scaling": "scale = mean(|last `context` values before the origin|) + EPS; model sees value / scale",
+            "scaling": "scale = mean(|last `context` values before the origin|) + EPS; see forecast_data.encode",
             "eps": EPS,
+            "floor": FLOOR,
         },
         out / "model.pt",
     )
-    plot_curves(history, out / "curves.png", f"forecast, {cfg.cell}")
+    for k, (_, history, _) in enumerate(trained):
+        plot_curves(history, out / f"curves_member{k}.png", f"forecast, {cfg.cell}, member {k} (seed {cfg.seed + k})")
     rows = np.linspace(0, len(panel.ids) - 1, min(cfg.fan_series, len(panel.ids))).round().astype(int).tolist()
     plot_fan_chart(panel, model_quantiles, rows, out / "fan_chart.png", forecasts.get("ets"))
     metrics = {
         "task": "forecast",
         "test": test,
-        **summary,
-        "history": history,
+        "validation": validation,
+        "members": [{**summary, "seed": cfg.seed + k, "history": h} for k, (_, h, summary) in enumerate(trained)],
         "parameters": sum(p.numel() for p in model.parameters()),
         "dataset_sizes": {
             "series": len(panel.ids),
@@ -325,6 +357,8 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
         flag = "--" + name.replace("_", "-")
         if name == "cell":
             parser.add_argument(flag, choices=sorted(RNN_MODULES), default=value)
+        elif name == "transform":
+            parser.add_argument(flag, choices=TRANSFORMS, default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)
     parser.add_argument("--out", type=Path, default=Path("runs/forecast"))

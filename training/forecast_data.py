@@ -3,11 +3,13 @@
 Every rule here is simple enough for the torch-free server to repeat with numpy:
 
 * **Scaling.** ``scale = mean(|context|) + EPS`` over the last ``context`` observed values
-  before the forecast origin; the model sees ``value / scale`` and its quantiles are
-  multiplied back by ``scale``. Nothing in the step graph knows the scale.
-* **Step inputs** for a target month ``t``: the previous scaled value ``y[t-1] / scale``
-  (``[B, 1]``) and the features ``[B, F]`` = one-hot month of year of ``t`` (12 columns,
-  January first) followed by ``y[t-lag] / scale`` for each lag in ``lags`` (default 12).
+  before the forecast origin. With ``transform="log"`` (the default) the model sees
+  ``z = log(max(y / scale, FLOOR))`` and a model quantile ``q`` means ``scale * exp(q)``;
+  with ``"identity"`` it sees ``z = y / scale`` and ``q`` means ``scale * q``. Both maps are
+  increasing, so quantiles stay quantiles. Nothing in the step graph knows the scale.
+* **Step inputs** for a target month ``t``: the previous value ``z[t-1]`` (``[B, 1]``) and
+  the features ``[B, F]`` = one-hot month of year of ``t`` (12 columns, January first)
+  followed by ``z[t-lag]`` for each lag in ``lags`` (default 12, 13, 24).
   Past the origin, unknown values are the model's own fed-back medians.
 """
 
@@ -23,6 +25,8 @@ DATA_FILE = Path("data/forecast/aus_retail.csv")
 SEASON = 12
 HORIZON = 24
 EPS = 1e-3
+FLOOR = 1e-3  # log transform: values below FLOOR * scale (zeros, negatives) are clipped there
+TRANSFORMS = ("log", "identity")
 MIN_LENGTH = 2 * HORIZON + 2 * SEASON  # test + validation horizons and two seasons of history
 
 
@@ -69,9 +73,15 @@ def fit_scale(history: np.ndarray, context: int) -> float:
     return float(np.mean(np.abs(history[-context:]))) + EPS
 
 
-def month_one_hot(months: np.ndarray) -> np.ndarray:
-    """``months`` (any integer offsets, 0 = January) as ``[..., 12]`` one-hot rows."""
-    return np.eye(SEASON, dtype=np.float32)[np.asarray(months) % SEASON]
+def encode(values: np.ndarray, scale: np.ndarray | float, transform: str) -> np.ndarray:
+    """Model units of ``values`` (NaN stays NaN)."""
+    ratio = values / scale
+    return np.log(np.maximum(ratio, FLOOR)) if transform == "log" else ratio
+
+
+def decode(model_values: np.ndarray, scale: np.ndarray | float, transform: str) -> np.ndarray:
+    """The inverse of ``encode`` (exact above the floor)."""
+    return scale * (np.exp(model_values) if transform == "log" else model_values)
 
 
 def feature_size(lags: tuple[int, ...]) -> int:

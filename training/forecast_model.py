@@ -1,10 +1,11 @@
 """The global quantile forecaster and its step function.
 
-``Forecaster.step(value [B, 1], features [B, F], state) -> (quantiles [B, Q], new_state)`` is
-the graph the server will run once per month: ``state`` is ``(h,)`` for a GRU and ``(h, c)``
-for an LSTM, each ``[layers, B, hidden]``, zeros at the start of a series. ``forward`` runs
-the same module over a whole teacher-forced sequence; ``step`` is ``forward`` with one time
-step, and the tests check that a loop of steps equals one ``forward``.
+``step(value [B, 1], features [B, F], state) -> (quantiles [B, Q], new_state)`` is the graph
+the server will run once per month: ``state`` is ``(h,)`` for a GRU and ``(h, c)`` for an
+LSTM, each ``[layers, B, hidden]`` (``[members * layers, B, hidden]`` for an ``Ensemble``),
+zeros at the start of a series. ``forward`` runs the same module over a whole teacher-forced
+sequence; ``step`` is ``forward`` with one time step, and the tests check that a loop of
+steps equals one ``forward``.
 
 The outputs are the quantiles ``QUANTILES`` of the next scaled value, ordered by
 construction: the head predicts the median and positive (softplus) gaps outward from it.
@@ -27,7 +28,21 @@ RNN_MODULES = {"lstm": nn.LSTM, "gru": nn.GRU}
 State = tuple[torch.Tensor, ...]
 
 
-class Forecaster(nn.Module):
+class StepModel(nn.Module):
+    """Anything with ``forward(values [B, T, 1], features [B, T, F], state)`` gets the one-step function."""
+
+    lags: tuple[int, ...]
+
+    def initial_state(self, batch: int) -> State:
+        raise NotImplementedError
+
+    def step(self, value: torch.Tensor, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One month: ``value [B, 1]``, ``features [B, F]`` -> quantiles ``[B, Q]``, new state."""
+        quantiles, new_state = self(value[:, None], features[:, None], state)
+        return quantiles[:, 0], new_state
+
+
+class Forecaster(StepModel):
     def __init__(
         self, cell: str, hidden: int, layers: int, dropout: float, lags: tuple[int, ...], skip_lag: int = 0
     ) -> None:
@@ -35,7 +50,7 @@ class Forecaster(nn.Module):
         if skip_lag and skip_lag not in lags:
             raise ValueError(f"skip_lag {skip_lag} must be one of the lags {lags}")
         self.cell, self.lags = cell, tuple(lags)
-        # Column of the features that holds y[t - skip_lag] / scale, or None.
+        # Column of the features that holds z[t - skip_lag], or None.
         self.skip_column = SEASON + self.lags.index(skip_lag) if skip_lag else None
         self.rnn = RNN_MODULES[cell](
             1 + feature_size(self.lags), hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
@@ -59,10 +74,36 @@ class Forecaster(nn.Module):
             quantiles = quantiles + features[..., self.skip_column : self.skip_column + 1]
         return quantiles, new_state
 
-    def step(self, value: torch.Tensor, features: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One month: ``value [B, 1]``, ``features [B, F]`` -> quantiles ``[B, Q]``, new state."""
-        quantiles, new_state = self.forward(value[:, None], features[:, None], state)
-        return quantiles[:, 0], new_state
+
+class Ensemble(StepModel):
+    """Members trained with different seeds, averaged quantile by quantile (which keeps them ordered).
+
+    The state is the members' states concatenated on the layer axis, ``[members * layers, B, hidden]``,
+    so the step signature is the same as one ``Forecaster``'s.
+    """
+
+    def __init__(self, members: list[Forecaster]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.lags = members[0].lags
+
+    def initial_state(self, batch: int) -> State:
+        states = [member.initial_state(batch) for member in self.members]
+        return tuple(torch.cat(parts) for parts in zip(*states, strict=True))
+
+    def forward(
+        self, values: torch.Tensor, features: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        if state is None:
+            state = self.initial_state(values.shape[0])
+        layers = self.members[0].rnn.num_layers
+        outputs, states = [], []
+        for index, member in enumerate(self.members):
+            own = tuple(s[index * layers : (index + 1) * layers] for s in state)
+            quantiles, new_state = member(values, features, own)
+            outputs.append(quantiles)
+            states.append(new_state)
+        return torch.stack(outputs).mean(0), tuple(torch.cat(parts) for parts in zip(*states, strict=True))
 
 
 def ordered_quantiles(raw: torch.Tensor) -> torch.Tensor:
@@ -93,7 +134,7 @@ def sequence_inputs(
 
 
 def rollout(
-    model: Forecaster, scaled: torch.Tensor, months0: torch.Tensor, context: int, horizon: int
+    model: StepModel, scaled: torch.Tensor, months0: torch.Tensor, context: int, horizon: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Read a window teacher-forced, then forecast ``horizon`` months by feeding medians back.
 
