@@ -40,6 +40,7 @@ class Config:
     pool: str = "meanmax"
     word_vectors: bool = True
     vocab_plots: bool = False
+    freeze_embeddings: bool = False
     max_tokens: int = 64
     min_count: int = 2
     epochs: int = 30
@@ -208,6 +209,7 @@ def train(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
     if cfg.word_vectors:
         with torch.no_grad():
             model.embedding.weight.copy_(embedding_init(vocab.words[2:], cfg.embed))
+        model.embedding.weight.requires_grad_(not cfg.freeze_embeddings)
     out.mkdir(parents=True, exist_ok=True)
     vocab.save(out / "vocab.json")
 

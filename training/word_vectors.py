@@ -52,7 +52,7 @@ def embedding_init(words: list[str], dim: int, special: int = 2, seed: int = 0) 
     """An embedding table for ``special`` reserved ids followed by ``words``.
 
     Vectors are centred, reduced to ``dim`` by PCA when smaller than the encoder's width, and
-    scaled to unit variance per column; reserved ids get zeros (padding) or the mean (unknown).
+    scaled to unit variance per column; reserved ids (padding, unknown) start at zero.
     """
     vectors = distill(words)
     vectors = vectors - vectors.mean(0)
@@ -61,7 +61,8 @@ def embedding_init(words: list[str], dim: int, special: int = 2, seed: int = 0) 
         vectors = vectors @ components[:dim].T
     elif dim > vectors.shape[1]:
         raise ValueError(f"embed={dim} is wider than the encoder's {vectors.shape[1]} dimensions")
-    vectors = vectors / vectors.std(0, keepdims=True)
+    spread = vectors.std(0, keepdims=True)
+    vectors = vectors / np.where(spread > 1e-6, spread, 1.0)  # the encoder has a constant dimension
     table = np.zeros((special + len(words), dim), dtype=np.float32)
     table[special:] = vectors
     return torch.from_numpy(table)
