@@ -43,7 +43,7 @@ class Config:
     freeze_embeddings: bool = False
     max_tokens: int = 64
     min_count: int = 2
-    epochs: int = 30
+    epochs: int = 12
     pretrain_epochs: int = 0
     batch_size: int = 64
     lr: float = 2e-3
