@@ -4,9 +4,10 @@
 
 The last 24 months of every series are the test horizon, the 24 before them validation.
 Each of ``--members`` models (seeds ``seed``, ``seed + 1``, …) trains on windows whose targets
-end before the validation horizon and keeps its epoch with the best validation MASE; their
-quantiles are averaged. The ensemble and forecasts the test horizon from the 24 months before it,
-one step at a time, feeding its median back. Seasonal naive, ETS and AutoARIMA
+end before the validation horizon and keeps its epoch with the best validation MASE; with
+``--refit 1`` each is then retrained with the same seed for that many epochs on windows ending
+before the test horizon. Their quantiles are averaged. The ensemble forecasts the test horizon
+from the history before it, one step at a time, feeding its median back. Seasonal naive, ETS and AutoARIMA
 (``statsforecast``) forecast the same horizon from the same history. See docs/forecast.md.
 """
 
@@ -74,6 +75,7 @@ class Config:
     patience: int = 4
     seed: int = 0
     members: int = 5
+    refit: int = 1
     series: int = 0
     threads: int = 1
     baselines: str = ",".join(BASELINES)
@@ -188,12 +190,20 @@ def baseline_forecasts(history: Panel, names: list[str], horizon: int = HORIZON)
 # --- training ----------------------------------------------------------------------------------
 
 
-def train_model(cfg: Config, panel: Panel, seed: int) -> tuple[Forecaster, dict[str, list[float]], dict]:
-    """Train on windows ending before the validation horizon; keep the epoch with the best validation MASE."""
+def train_model(
+    cfg: Config, panel: Panel, seed: int, refit_epochs: int = 0
+) -> tuple[Forecaster, dict[str, list[float]], dict]:
+    """Train one member.
+
+    By default on windows ending before the validation horizon, keeping the epoch with the
+    best validation MASE. With ``refit_epochs`` the same seed and schedule train for exactly
+    that many epochs on windows ending before the test horizon (validation months included),
+    with no validation: the refit the test forecast uses.
+    """
     set_seed(seed)
     model = cfg.member()
     lags, prefix = cfg.lag_tuple, prefix_length(cfg.lag_tuple)
-    train_panel = panel.cut(2 * HORIZON)
+    train_panel = panel.cut(HORIZON if refit_epochs else 2 * HORIZON)
     pairs = training_windows(train_panel, cfg.context, lags)
     windows, months, scales = gather_windows(train_panel, pairs, cfg.context, lags, HORIZON)
     scaled = torch.from_numpy(encode(windows, scales[:, None], cfg.transform)).float()
@@ -210,9 +220,12 @@ def train_model(cfg: Config, panel: Panel, seed: int) -> tuple[Forecaster, dict[
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * cfg.batches_per_epoch)
     stopper = EarlyStopping(cfg.patience, higher_is_better=False)
     generator = torch.Generator().manual_seed(seed)
-    history: dict[str, list[float]] = {"train loss": [], "validation MASE": [], "validation quantile loss": []}
+    history: dict[str, list[float]] = {"train loss": []}
+    if not refit_epochs:
+        history |= {"validation MASE": [], "validation quantile loss": []}
     best_state, epoch_seconds = None, []
-    epochs = tqdm(range(cfg.epochs), desc=f"forecast {cfg.cell} seed {seed}", unit="epoch")
+    label = f"forecast {cfg.cell} seed {seed}" + (" refit" if refit_epochs else "")
+    epochs = tqdm(range(refit_epochs or cfg.epochs), desc=label, unit="epoch")
     for epoch in epochs:
         model.train()
         epoch_start, total = time.time(), 0.0
@@ -233,10 +246,13 @@ def train_model(cfg: Config, panel: Panel, seed: int) -> tuple[Forecaster, dict[
             total += loss.item()
             bar.set_postfix(loss=f"{total / (batch + 1):.4f}")
         epoch_seconds.append(time.time() - epoch_start)
+        history["train loss"].append(total / cfg.batches_per_epoch)
+        if refit_epochs:
+            epochs.set_postfix(loss=f"{history['train loss'][-1]:.4f}")
+            continue
         validation = scores(
             train_panel, validation_actuals, forecast_panel(model, train_panel, cfg.context, cfg.transform)
         )
-        history["train loss"].append(total / cfg.batches_per_epoch)
         history["validation MASE"].append(validation["mase"])
         history["validation quantile loss"].append(validation["quantile_loss"])
         if stopper.improved(validation["mase"], epoch):
@@ -246,15 +262,15 @@ def train_model(cfg: Config, panel: Panel, seed: int) -> tuple[Forecaster, dict[
         )
         if stopper.should_stop:
             break
-    assert best_state is not None
-    model.load_state_dict(best_state)
     summary = {
-        "validation_mase": stopper.best,
-        "best_epoch": stopper.best_epoch + 1,
         "epochs_run": len(history["train loss"]),
         "seconds_per_epoch": float(np.median(epoch_seconds)),
         "training_windows": len(pairs),
     }
+    if not refit_epochs:
+        assert best_state is not None
+        model.load_state_dict(best_state)
+        summary |= {"validation_mase": stopper.best, "best_epoch": stopper.best_epoch + 1}
     return model.eval(), history, summary
 
 
@@ -298,19 +314,26 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
         panel = panel.subset(np.linspace(0, len(panel.ids) - 1, cfg.series).round().astype(int))
     out.mkdir(parents=True, exist_ok=True)
     trained = [train_model(cfg, panel, cfg.seed + k) for k in range(cfg.members)]
-    model = Ensemble([member for member, _, _ in trained]).eval()
+    selected = Ensemble([member for member, _, _ in trained]).eval()
     validation_history = panel.cut(2 * HORIZON)
     validation = scores(
         validation_history,
         np.stack([v[-2 * HORIZON : -HORIZON] for v in panel.values]),
-        forecast_panel(model, validation_history, cfg.context, cfg.transform),
+        forecast_panel(selected, validation_history, cfg.context, cfg.transform),
     )
+    refits = []
+    if cfg.refit:
+        refits = [train_model(cfg, panel, cfg.seed + k, s["best_epoch"]) for k, (_, _, s) in enumerate(trained)]
+    model = Ensemble([member for member, _, _ in refits]).eval() if refits else selected
 
     test_history = panel.cut(HORIZON)
     actuals = np.stack([v[-HORIZON:] for v in panel.values])
     model_quantiles = forecast_panel(model, test_history, cfg.context, cfg.transform)
     names = [name for name in cfg.baselines.split(",") if name]
-    forecasts = {"model": model_quantiles, **baseline_forecasts(test_history, names)}
+    forecasts = {"model": model_quantiles}
+    if refits:  # reported for transparency: the members as selected, before the refit
+        forecasts["model_without_refit"] = forecast_panel(selected, test_history, cfg.context, cfg.transform)
+    forecasts |= baseline_forecasts(test_history, names)
     test = {name: scores(test_history, actuals, q) for name, q in forecasts.items()}
 
     torch.save(
@@ -333,6 +356,7 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
         "test": test,
         "validation": validation,
         "members": [{**summary, "seed": cfg.seed + k, "history": h} for k, (_, h, summary) in enumerate(trained)],
+        "refits": [{**summary, "seed": cfg.seed + k, "history": h} for k, (_, h, summary) in enumerate(refits)],
         "parameters": sum(p.numel() for p in model.parameters()),
         "dataset_sizes": {
             "series": len(panel.ids),
@@ -374,7 +398,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
 def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
     metrics = run(cfg, out)
-    print(f"{'':16}{'MASE':>8}{'sMAPE':>8}{'QL':>8}")
+    print(f"{'':20}{'MASE':>8}{'sMAPE':>8}{'QL':>8}")
     for name, row in metrics["test"].items():
-        print(f"{name:16}{row['mase']:8.3f}{row['smape']:8.2f}{row['quantile_loss']:8.4f}")
+        print(f"{name:20}{row['mase']:8.3f}{row['smape']:8.2f}{row['quantile_loss']:8.4f}")
     print(f"-> {out}")
