@@ -9,9 +9,8 @@ RUN touch server/__init__.py && python -m server.protos
 
 FROM python:3.11-slim
 WORKDIR /app
-# sentencepiece is needed only to serve a translation model.
 RUN pip install --no-cache-dir "numpy>=1.26" "onnxruntime>=1.18" "grpcio>=1.60" "protobuf>=4.25" \
-    "prometheus-client>=0.20" "sentencepiece>=0.2"
+    "prometheus-client>=0.20"
 COPY server server
 COPY client client
 COPY --from=protos /src/server/gen server/gen

@@ -1,4 +1,6 @@
-"""Torch-free tokenizers: the sentiment regex words (``training/sentiment_data.py``) and sentencepiece."""
+"""The sentiment tokenizer without torch: regex words as in ``training/sentiment_data.py``.
+
+The translation tokenizer is ``server/subword.py``."""
 
 from __future__ import annotations
 
@@ -56,22 +58,3 @@ class IncrementalWords:
         tokens = self.tokenizer.pattern.findall(self.pending)
         self.pending = ""
         return tokens
-
-
-class SentencePiece:
-    """The translation tokenizer; ``sentencepiece`` is imported only when a translation model is loaded."""
-
-    def __init__(self, path: Path) -> None:
-        import sentencepiece
-
-        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return self.processor.encode(text)
-
-    def piece(self, token_id: int) -> str:
-        """The piece as text: sentencepiece's word-start marker becomes a space."""
-        return self.processor.id_to_piece(token_id).replace("\u2581", " ")
-
-    def decode(self, ids: list[int]) -> str:
-        return self.processor.decode(ids)

@@ -22,7 +22,7 @@ from server.gen.seqserve.v1 import translate_pb2 as pb
 from server.gen.seqserve.v1 import translate_pb2_grpc
 from server.metrics import Metrics
 from server.rpc import Call, Runners, check_count, check_text, invalid, resolve, rpc
-from server.tokenizers import SentencePiece
+from server.subword import SubwordBPE
 
 STEP = "decoder_step"
 
@@ -41,8 +41,7 @@ class Translator:
         self.runner = runner
         pre = runner.model.manifest.get("preprocessing", {})
         special = pre["tokenizer"] if isinstance(pre.get("tokenizer"), dict) else pre
-        spm = next(name for name in runner.model.manifest["files"] if name.endswith(".model"))
-        self.tokenizer = SentencePiece(runner.model.path / spm)
+        self.tokenizer = SubwordBPE(runner.model.path / pre["subwords"])
         self.bos, self.eos = special.get("bos_id", 2), special.get("eos_id", 3)
 
     async def encode(self, text: str) -> tuple[list[int], dict[str, Arrays]]:

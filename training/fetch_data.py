@@ -71,7 +71,7 @@ def fetch_encoder(data_dir: Path) -> Path:
 
 
 def fetch_translation(data_dir: Path) -> Path:
-    """Debian packages (no root needed): ``apt-get download`` then ``dpkg -x`` per source."""
+    """Debian packages (no root needed): ``apt-get download``, ``dpkg -x``, then the pair splits."""
     root = data_dir / "translation"
     for source, packages in DEBIAN_PACKAGES.items():
         target = root / source
@@ -85,6 +85,9 @@ def fetch_translation(data_dir: Path) -> Path:
             for deb in sorted(Path(tmp).glob("*.deb")):
                 _run(["dpkg", "-x", str(deb), str(target)])
         (target / ".complete").write_text(" ".join(packages) + "\n")
+    from training.translation_data import load_corpus
+
+    load_corpus(data_dir)  # extracts the sentence pairs and records their splits (once)
     return root
 
 
