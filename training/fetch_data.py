@@ -80,8 +80,7 @@ def fetch_translation(data_dir: Path) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         with tempfile.TemporaryDirectory() as tmp:
-            for package in packages:
-                _run(["apt-get", "download", "-q", package], cwd=tmp)
+            _apt_download(packages, tmp)
             for deb in sorted(Path(tmp).glob("*.deb")):
                 _run(["dpkg", "-x", str(deb), str(target)])
         (target / ".complete").write_text(" ".join(packages) + "\n")
@@ -97,6 +96,14 @@ FETCHERS: dict[str, Callable[[Path], Path]] = {
     "forecast": fetch_forecast,
     "translation": fetch_translation,
 }
+
+
+def _apt_download(packages: list[str], folder: str) -> None:
+    """``apt-get download``; on a machine whose package lists are missing, ``apt-get update`` first."""
+    command = ["apt-get", "download", "-q", *packages]
+    if subprocess.run(command, cwd=folder, capture_output=True).returncode != 0:
+        _run(["apt-get", "update", "-q"])
+        _run(command, cwd=folder)
 
 
 def _run(command: list[str], cwd: str | None = None) -> None:
