@@ -185,12 +185,14 @@ def test_cli_trains_evaluates_and_saves_a_rebuildable_model(tmp_path: Path, data
         "hidden": 8,
         "layers": 1,
     }
-    options |= {"context": 24, "baselines": "seasonal_naive", "fan-series": 2, "cell": "gru"}
+    options |= {"context": 24, "baselines": "seasonal_naive", "fan-series": 2, "cell": "gru", "refit": 1}
     args = [part for name, value in options.items() for part in (f"--{name}", str(value))]
     forecast.main([*args, "--out", str(tmp_path)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"model", "seasonal_naive"}
+    assert set(metrics["test"]) == {"model", "model_without_refit", "seasonal_naive"}
     assert metrics["dataset_sizes"]["series"] == 6 and [m["epochs_run"] for m in metrics["members"]] == [2, 2]
+    assert [m["epochs_run"] for m in metrics["refits"]] == [m["best_epoch"] for m in metrics["members"]]
+    assert metrics["refits"][0]["training_windows"] > metrics["members"][0]["training_windows"]
     assert all(np.isfinite(row["mase"]) for row in metrics["test"].values())
     assert (tmp_path / "curves_member1.png").stat().st_size > 0 and (tmp_path / "fan_chart.png").stat().st_size > 0
     checkpoint = torch.load(tmp_path / "model.pt")

@@ -75,7 +75,7 @@ class Config:
     patience: int = 4
     seed: int = 0
     members: int = 5
-    refit: int = 1
+    refit: int = 0
     series: int = 0
     threads: int = 1
     baselines: str = ",".join(BASELINES)
