@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve protos install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
+ .PHONY: serve bench protos install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ protos: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m server.protos
 	$(PY) -m server --models models --port 50051 --metrics-port 9100
+
+# Load benchmark: the server against in-process ONNX Runtime, max_batch=1 and PyTorch loops (bench/RESULTS.md).
+bench: data
+	$(PY) -m server.protos
+	$(PY) -m bench
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

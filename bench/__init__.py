@@ -1,0 +1,1 @@
+"""Load benchmark of the streaming server against in-process baselines (``python -m bench``, see RESULTS.md)."""
