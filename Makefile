@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
- .PHONY: serve bench protos install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
+.PHONY: serve bench protos install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
