@@ -79,12 +79,12 @@ def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summa
             repeats = args.repeats if n <= 64 else args.repeats_large
             results.setdefault(name, {})[n] = measure(name, run, workload.take(n), repeats, min(n, warm_cap or n))
 
-    with load.serving(args.models, args.server_max_batch) as target:
-        each_n("server", lambda w: streams(target, w))
+    with load.serving(args.models, args.server_max_batch) as served:
+        each_n("server", lambda w: streams(served, w))
         if task == "translation":
-            each_n("server-whole", lambda w: load.translate_whole(target, w))
-    with load.serving(args.models, 1) as target:
-        each_n("(b) server max_batch=1", lambda w: streams(target, w))
+            each_n("server-whole", lambda w: load.translate_whole(served, w))
+    with load.serving(args.models, 1) as served:
+        each_n("(b) server max_batch=1", lambda w: streams(served, w))
     each_n("(a) ort", ort)
     each_n("(c) torch", naive, warm_cap=8)  # batch 1 whatever N: a short warm-up suffices
     return results

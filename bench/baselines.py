@@ -42,14 +42,16 @@ def ort_translation(workload: Workload) -> Run:
         src[row, : len(ids)] = ids
     arrivals: list[list[float]] = [[] for _ in range(count)]
     limits = np.array([workload.limit(i) for i in range(count)])
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     encoded = _named(sessions["encoder"], {"src_ids": src, "src_lengths": np.array([len(i) for i in workload.ids])})
     states = [s for s in manifest["state"] if s["graph"] == "decoder_step"]
     state = {s["input"]: encoded[s["initial"]["output"]] for s in states}
     context = {c["input"]: encoded[c["from"]["output"]] for c in manifest["context"] if c["graph"] == "decoder_step"}
     rows = np.arange(count)  # the streams still decoding, in the order of the arrays
     prev = np.full(count, workload.bos, dtype=np.int64)
+    decoding, rows_stepped = time.perf_counter(), 0
     for t in range(int(limits.max())):
+        rows_stepped += len(rows)
         out = _named(sessions["decoder_step"], {"prev_tokens": prev, **state, **context})
         state = {s["input"]: out[s["output"]] for s in states}
         prev = np.where(t + 1 < limits[rows], out["log_probs"].argmax(-1), workload.eos)
@@ -63,7 +65,9 @@ def ort_translation(workload: Workload) -> Run:
             context = {k: v[going] for k, v in context.items()}
         if not len(rows):
             break
-    return Run(arrivals, time.perf_counter() - started)
+    ended = time.perf_counter()
+    return Run(arrivals, ended - started, time.process_time() - cpu, batch=rows_stepped / (t + 1),
+               step_s=(ended - decoding) / (t + 1))
 
 
 def ort_sentiment(workload: Workload) -> Run:
@@ -76,7 +80,7 @@ def ort_sentiment(workload: Workload) -> Run:
     for row, ids in enumerate(workload.ids):
         tokens[row, : len(ids)] = ids
     arrivals: list[list[float]] = [[] for _ in range(count)]
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     state = {s["input"]: np.full((count, *s["shape"]), s["initial"], dtype=s["dtype"]) for s in specs}
     rows = np.arange(count)
     for t in range(int(lengths.max())):
@@ -88,7 +92,8 @@ def ort_sentiment(workload: Workload) -> Run:
         now = time.perf_counter() - started
         for row in rows:
             arrivals[row].append(now)
-    return Run(arrivals, time.perf_counter() - started)
+    seconds, steps = time.perf_counter() - started, int(lengths.max())
+    return Run(arrivals, seconds, time.process_time() - cpu, batch=lengths.sum() / steps, step_s=seconds / steps)
 
 
 def _named(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -104,7 +109,7 @@ def torch_translation(workload: Workload, checkpoint: Path) -> Run:
     model = _seq2seq(checkpoint)
     arrivals: list[list[float]] = [[] for _ in workload.ids]
     with torch.no_grad():
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         live: dict[int, list[Any]] = {}  # stream -> [prev token, state, outputs, keys, mask, steps taken]
         for index, ids in enumerate(workload.ids):
             outputs, keys, mask, state = model.encode(torch.tensor([ids]), torch.tensor([len(ids)]))
@@ -119,7 +124,12 @@ def torch_translation(workload: Workload, checkpoint: Path) -> Run:
                     continue
                 arrivals[index].append(time.perf_counter() - started)
                 live[index] = [torch.tensor([token]), state, outputs, keys, mask, steps + 1]
-    return Run(arrivals, time.perf_counter() - started)
+    return _batch_of_one(arrivals, time.perf_counter() - started, time.process_time() - cpu)
+
+
+def _batch_of_one(arrivals: list[list[float]], seconds: float, cpu: float) -> Run:
+    steps = sum(map(len, arrivals))
+    return Run(arrivals, seconds, cpu, batch=1.0, step_s=seconds / steps)
 
 
 def _seq2seq(checkpoint: Path):
@@ -158,7 +168,7 @@ def torch_sentiment(workload: Workload, checkpoint: Path) -> Run:
     model.eval()
     arrivals: list[list[float]] = [[] for _ in workload.ids]
     with torch.no_grad():
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         live: dict[int, list[Any]] = {i: [None, None, None, 0] for i in range(len(workload.ids))}  # state, sum, max, t
         while live:
             for index in list(live):
@@ -173,4 +183,4 @@ def torch_sentiment(workload: Workload, checkpoint: Path) -> Run:
                     del live[index]
                 else:
                     live[index] = [state, total, peak, t + 1]
-    return Run(arrivals, time.perf_counter() - started)
+    return _batch_of_one(arrivals, time.perf_counter() - started, time.process_time() - cpu)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -26,6 +29,32 @@ from server.gen.grpc.health.v1 import health_pb2, health_pb2_grpc
 from server.gen.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
 
 STREAMS_PER_CHANNEL = 64  # HTTP/2 connections share the load the way several clients would
+STEP_GRAPH = {"translation": "decoder_step", "sentiment": "step"}
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running server: its gRPC address, process id and Prometheus port."""
+
+    target: str
+    pid: int
+    metrics_port: int
+
+    def cpu_s(self) -> float:
+        """User plus system CPU seconds of the server process so far (``/proc/<pid>/stat``)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def step_totals(self, graph: str) -> tuple[float, float, float]:
+        """Steps run, rows stepped and seconds spent in ``graph``'s batched steps so far."""
+        page = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+
+        def total(metric: str) -> float:
+            pattern = rf'^{metric}\{{[^}}]*graph="{graph}"[^}}]*\}} (\S+)$'
+            return sum(float(v) for v in re.findall(pattern, page, flags=re.M))
+
+        return (total("seqserve_batch_size_count"), total("seqserve_batch_size_sum"),
+                total("seqserve_step_duration_seconds_sum"))
 
 
 def free_port() -> int:
@@ -35,17 +64,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(models: Path, max_batch: int, startup_s: float = 120.0) -> Iterator[str]:
-    """``python -m server`` on a free port until the block ends; yields its target once health says SERVING."""
-    port = free_port()
+def serving(models: Path, max_batch: int, startup_s: float = 120.0) -> Iterator[Served]:
+    """``python -m server`` on free ports until the block ends; yields it once its health says SERVING."""
+    port, metrics_port = free_port(), free_port()
     command = [sys.executable, "-m", "server", "--models", str(models), "--host", "127.0.0.1", "--port", str(port),
-               "--metrics-port", "-1", "--max-batch", str(max_batch), "--log-level", "WARNING"]
+               "--metrics-port", str(metrics_port), "--max-batch", str(max_batch), "--log-level", "WARNING"]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        target = f"127.0.0.1:{port}"
+        served = Served(f"127.0.0.1:{port}", process.pid, metrics_port)
         try:
-            _wait_serving(target, process, startup_s)
-            yield target
+            _wait_serving(served.target, process, startup_s)
+            yield served
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-4000:])
@@ -75,20 +104,36 @@ def _wait_serving(target: str, process: subprocess.Popen, startup_s: float) -> N
     raise TimeoutError(f"the server at {target} was not SERVING after {startup_s:.0f} s")
 
 
-async def _streams(target: str, count: int, one) -> Run:
-    """Start ``count`` streams at once (``one(channel, index, started, arrivals)``); time until all end."""
-    channels = [grpc.aio.insecure_channel(target) for _ in range(-(-count // STREAMS_PER_CHANNEL))]
-    try:
-        await asyncio.gather(*(c.channel_ready() for c in channels))
-        arrivals: list[list[float]] = [[] for _ in range(count)]
-        started = time.perf_counter()
-        await asyncio.gather(*(one(channels[i // STREAMS_PER_CHANNEL], i, started, arrivals[i]) for i in range(count)))
-        return Run(arrivals, time.perf_counter() - started)
-    finally:
-        await asyncio.gather(*(c.close() for c in channels))
+def _run(served: Served, workload: Workload, one, per_token: bool = True) -> Run:
+    """Start one stream per text at once (``one(channel, index, started, arrivals)``); time until all end.
+
+    Also records both processes' CPU time and the server's mean batch size and step time.
+    """
+    graph = STEP_GRAPH[workload.task]
+
+    async def streams() -> Run:
+        count = len(workload.texts)
+        channels = [grpc.aio.insecure_channel(served.target) for _ in range(-(-count // STREAMS_PER_CHANNEL))]
+        try:
+            await asyncio.gather(*(c.channel_ready() for c in channels))
+            arrivals: list[list[float]] = [[] for _ in range(count)]
+            steps, rows, busy = served.step_totals(graph)
+            cpu, server_cpu = time.process_time(), served.cpu_s()
+            started = time.perf_counter()
+            await asyncio.gather(*(one(channels[i // STREAMS_PER_CHANNEL], i, started, arrivals[i])
+                                   for i in range(count)))
+            seconds = time.perf_counter() - started
+            cpu, server_cpu = time.process_time() - cpu, served.cpu_s() - server_cpu
+            after = served.step_totals(graph)
+            steps, rows, busy = after[0] - steps, after[1] - rows, after[2] - busy
+            return Run(arrivals, seconds, cpu, server_cpu, per_token, rows / steps, busy / steps)
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
+
+    return asyncio.run(streams())
 
 
-def translate(target: str, workload: Workload) -> Run:
+def translate(served: Served, workload: Workload) -> Run:
     """Greedy ``Translate`` streams, one message per token."""
     ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
 
@@ -97,15 +142,16 @@ def translate(target: str, workload: Workload) -> Run:
         async for _ in stub.Translate(translate_pb2.TranslateRequest(model=ref, text=workload.texts[index])):
             arrivals.append(time.perf_counter() - started)
 
-    return asyncio.run(_streams(target, len(workload.texts), one))
+    return _run(served, workload, one)
 
 
-def translate_whole(target: str, workload: Workload) -> Run:
+def translate_whole(served: Served, workload: Workload) -> Run:
     """The same decoding with one message per translation (``TranslateBatch`` of one text per call).
 
     This is the far end of sending several tokens per message: the engine batches the ``N``
     calls' steps exactly as for ``Translate``, but each call answers once. All of a call's
-    tokens count as arriving with that message, so only throughput is meaningful here.
+    tokens count as arriving with that message: its "time to first token" is the time to the
+    whole translation, and it has no inter-token latency.
     """
     ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
 
@@ -114,10 +160,10 @@ def translate_whole(target: str, workload: Workload) -> Run:
         reply = await stub.TranslateBatch(translate_pb2.TranslateBatchRequest(model=ref, texts=[workload.texts[index]]))
         arrivals.extend([time.perf_counter() - started] * len(reply.translations[0].token_ids))
 
-    return asyncio.run(_streams(target, len(workload.texts), one))
+    return _run(served, workload, one, per_token=False)
 
 
-def stream_sentiment(target: str, workload: Workload) -> Run:
+def stream_sentiment(served: Served, workload: Workload) -> Run:
     """``StreamSentiment`` streams: the whole snippet as one chunk, one update per token back."""
     ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
 
@@ -127,4 +173,4 @@ def stream_sentiment(target: str, workload: Workload) -> Run:
         async for _ in stub.StreamSentiment(chunks):
             arrivals.append(time.perf_counter() - started)
 
-    return asyncio.run(_streams(target, len(workload.texts), one))
+    return _run(served, workload, one)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -18,6 +19,11 @@ class Run:
 
     arrivals: list[list[float]]
     seconds: float
+    cpu_s: float = math.nan  # CPU time of this process (the client or the loop) during the run
+    server_cpu_s: float = 0.0  # CPU time of the server process during the run
+    per_token: bool = True  # False: every token of a stream arrives in one message (no inter-token latency)
+    batch: float = math.nan  # the server's mean rows per step of the step graph
+    step_s: float = math.nan  # the server's mean time per step of the step graph (gather, run, scatter)
 
     @property
     def tokens(self) -> int:
@@ -31,6 +37,8 @@ class Run:
         return np.array([a[0] for a in self.arrivals if a])
 
     def itl(self) -> np.ndarray:
+        if not self.per_token:
+            return np.array([])
         gaps = [np.diff(a) for a in self.arrivals if len(a) > 1]
         return np.concatenate(gaps) if gaps else np.array([])
 
@@ -46,6 +54,10 @@ class Summary:
     ttft_p99: float
     itl_p50: float
     itl_p99: float
+    cpu_us_per_token: float  # client (or loop) plus server
+    server_cpu_share: float  # the server's part of that CPU time
+    batch: float
+    step_ms: float
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -64,4 +76,8 @@ def summarize(runs: list[Run]) -> Summary:
         ttft_p99=median([_percentile(r.ttft(), 99) for r in runs]),
         itl_p50=median([_percentile(r.itl(), 50) for r in runs]),
         itl_p99=median([_percentile(r.itl(), 99) for r in runs]),
+        cpu_us_per_token=median([(r.cpu_s + r.server_cpu_s) / r.tokens * 1e6 for r in runs]),
+        server_cpu_share=median([r.server_cpu_s / (r.cpu_s + r.server_cpu_s) for r in runs]),
+        batch=median([r.batch for r in runs]),
+        step_ms=median([r.step_s * 1000 for r in runs]),
     )
