@@ -8,6 +8,7 @@ Systems, per task and per ``N``:
 - ``(b) server max_batch=1``: the server without batching;
 - ``(c) torch``: a naive per-stream PyTorch eager loop.
 
+Options: ``--server-args "--max-wait-ms 0"`` and ``--no-spin`` (``server_nospin.py``) try server settings.
 Each configuration runs once to warm up, then ``--repeats`` times; the tables hold medians.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sentiment-checkpoint", type=Path, default=Path("runs/sentiment/model.pt"))
     p.add_argument("--translation-checkpoint", type=Path, default=Path("runs/translate/model.pt"),
                    help="used when the manifest's provenance names no existing checkpoint")
+    p.add_argument("--server-args", default="", help='more server flags for both servers, e.g. "--max-wait-ms 0"')
+    p.add_argument("--no-spin", action="store_true", help="servers with ORT spin-waiting off (server_nospin.py)")
     p.add_argument("--json", type=Path, default=Path("bench/results.json"))
     return p.parse_args(argv)
 
@@ -79,11 +83,13 @@ def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summa
             repeats = args.repeats if n <= 64 else args.repeats_large
             results.setdefault(name, {})[n] = measure(name, run, workload.take(n), repeats, min(n, warm_cap or n))
 
-    with load.serving(args.models, args.server_max_batch) as served:
+    extra = shlex.split(args.server_args)
+    program = (sys.executable, "-m", "bench.server_nospin" if args.no_spin else "server")
+    with load.serving(args.models, args.server_max_batch, extra, program=program) as served:
         each_n("server", lambda w: streams(served, w))
         if task == "translation":
             each_n("server-whole", lambda w: load.translate_whole(served, w))
-    with load.serving(args.models, 1) as served:
+    with load.serving(args.models, 1, extra, program=program) as served:
         each_n("(b) server max_batch=1", lambda w: streams(served, w))
     each_n("(a) ort", ort)
     each_n("(c) torch", naive, warm_cap=8)  # batch 1 whatever N: a short warm-up suffices
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     load1, load5, _ = os.getloadavg()
     machine = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(), "cpu": platform.processor(),
                "loadavg_before": [round(load1, 2), round(load5, 2)], "python": sys.version.split()[0],
-               "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])}
+               "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])}
     print(json.dumps(machine), flush=True)
     results = {}
     for task in args.tasks:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,11 +64,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(models: Path, max_batch: int, startup_s: float = 120.0) -> Iterator[Served]:
-    """``python -m server`` on free ports until the block ends; yields it once its health says SERVING."""
+def serving(models: Path, max_batch: int, extra: Sequence[str] = (), startup_s: float = 120.0,
+            program: Sequence[str] = (sys.executable, "-m", "server")) -> Iterator[Served]:
+    """``python -m server`` (or ``program``) on free ports until the block ends, once its health says SERVING.
+
+    ``extra`` are more server flags (``--max-wait-ms 0``).
+    """
     port, metrics_port = free_port(), free_port()
-    command = [sys.executable, "-m", "server", "--models", str(models), "--host", "127.0.0.1", "--port", str(port),
-               "--metrics-port", str(metrics_port), "--max-batch", str(max_batch), "--log-level", "WARNING"]
+    command = [*program, "--models", str(models), "--host", "127.0.0.1", "--port", str(port),
+               "--metrics-port", str(metrics_port), "--max-batch", str(max_batch), "--log-level", "WARNING", *extra]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         served = Served(f"127.0.0.1:{port}", process.pid, metrics_port)
