@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -105,6 +106,7 @@ def _model_dir(task: str, args: argparse.Namespace) -> Path | None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server subprocess on the way out
     load1, load5, _ = os.getloadavg()
     machine = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(), "cpu": platform.processor(),
                "loadavg_before": [round(load1, 2), round(load5, 2)], "python": sys.version.split()[0],
