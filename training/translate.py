@@ -29,6 +29,7 @@ from training.translation_data import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    UNK_ID,
     Pair,
     load_corpus,
     load_sentencepiece,
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
             "args": {k: str(v) for k, v in vars(args).items()},
             "minutes": round((time.time() - started) / 60, 1),
             "git_commit": git_commit(),
-            "tokenizer": {"model": "spm.model", "pad_id": PAD_ID, "unk_id": 1, "bos_id": BOS_ID, "eos_id": EOS_ID},
+            "tokenizer": {"model": "spm.model", "pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID},
         },
     )
     print(f"translate: wrote {out / 'metrics.json'}")
