@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 
 from bench import baselines, load, workloads
@@ -104,12 +105,30 @@ def _model_dir(task: str, args: argparse.Namespace) -> Path | None:
     return found
 
 
+def _cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+             if line.startswith("model name")] if info.exists() else []
+    return names[0] if names else platform.processor()
+
+
+def _versions(*packages: str) -> dict[str, str]:
+    found = {}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server subprocess on the way out
     load1, load5, _ = os.getloadavg()
-    machine = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(), "cpu": platform.processor(),
-               "loadavg_before": [round(load1, 2), round(load5, 2)], "python": sys.version.split()[0],
+    machine = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(), "cpu": _cpu_model(),
+               "loadavg_before": [round(load1, 2), round(load5, 2)], "python": platform.python_version(),
+               "versions": _versions("onnxruntime", "onnxruntime-gpu", "torch", "grpcio", "numpy"),
                "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])}
     print(json.dumps(machine), flush=True)
     results = {}
