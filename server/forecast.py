@@ -1,18 +1,23 @@
 """Forecast RPCs over a ``step`` graph: ``(value [B,1], features [B,F], state) -> (quantiles [B,Q], state)``.
 
-The preprocessing repeats ``training/forecast_data.py`` with numpy. From the manifest's
-``preprocessing`` (keys at the top level or under ``scaling``): ``context`` and ``eps`` of the
-scaling rule ``scale = mean(|last context values|) + eps``, ``season`` (12), ``lags`` and the
-quantile ``quantiles`` levels. The step for target month ``t`` reads ``y[t-1] / scale`` and the
-features: one-hot month of ``t`` then ``y[t-lag] / scale`` per lag. A history is read
-teacher-forced (its last ``context`` values plus the lag prefix); past it, each forecast median
-is fed back as the next value.
+The preprocessing repeats ``training/forecast_data.py`` with numpy, from the manifest's
+``preprocessing`` block (``docs/forecast.md``, Export and serving):
+
+* ``scaling``: ``scale = mean(|y|)`` over the last ``min(context, n - prefix)`` observations
+  plus ``eps``, where ``prefix = max(lags) - 1``; the model reads ``z = log(max(y / scale,
+  floor))`` (``transform: log``) or ``y / scale`` (``identity``), and a quantile ``q`` means
+  ``scale * exp(q)`` (or ``scale * q``).
+* The step for target month ``t`` reads ``value = z[t-1]`` and ``features`` = one-hot month
+  of ``t`` (``season`` columns, January first) then ``z[t-lag]`` per lag.
+* A history (at least ``min_history`` values) is read teacher-forced over its last ``prefix +
+  min(context, n - prefix)`` values; past it, each forecast median is fed back as ``z``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,35 +30,66 @@ from server.repository import ManifestError, Model
 from server.rpc import Call, Runners, check_count, check_finite, invalid, read, resolve, rpc
 
 VALUE, FEATURES, QUANTILES = "value", "features", "quantiles"  # the step graph's task inputs and output
+TRANSFORMS = ("log", "identity")
 
 
 @dataclass(frozen=True)
 class ForecastSpec:
     context: int
     eps: float
+    transform: str
+    floor: float
     season: int
     lags: tuple[int, ...]
     levels: tuple[float, ...]
+    min_history: int
 
     @classmethod
     def from_model(cls, model: Model) -> ForecastSpec:
+        where = f"{model.path}/manifest.json: preprocessing"
         pre = model.manifest.get("preprocessing", {})
-        scaling = pre["scaling"] if isinstance(pre.get("scaling"), dict) else pre
-        try:
-            spec = cls(int(scaling["context"]), float(scaling["eps"]), int(pre.get("season", 12)),
-                       tuple(pre.get("lags", ())), tuple(float(q) for q in pre["quantiles"]))
-        except KeyError as error:
-            raise ManifestError(f"{model.path}/manifest.json: preprocessing.{error.args[0]} is missing") from None
+
+        def get(dotted: str) -> Any:
+            value = pre
+            for key in dotted.split("."):
+                if not isinstance(value, dict) or key not in value:
+                    raise ManifestError(f"{where}.{dotted} is missing")
+                value = value[key]
+            return value
+
+        spec = cls(int(get("scaling.context")), float(get("scaling.eps")), get("scaling.transform"),
+                   float(get("scaling.floor")), int(get("season")), tuple(int(lag) for lag in get("lags")),
+                   tuple(float(q) for q in get("quantiles")), int(get("min_history")))
+        if spec.transform not in TRANSFORMS:
+            raise ManifestError(f"{where}.scaling.transform is {spec.transform!r}, expected one of {TRANSFORMS}")
+        if 0.5 not in spec.levels:
+            raise ManifestError(f"{where}.quantiles {list(spec.levels)} lacks the median 0.5 that is fed back")
+        if spec.min_history < spec.prefix + 1:
+            raise ManifestError(f"{where}.min_history is {spec.min_history}, the lags need {spec.prefix + 1}")
         step = model.manifest["graphs"]["step"]
-        names = {t["name"] for t in step["inputs"] + step["outputs"]}
-        if missing := {VALUE, FEATURES, QUANTILES} - names:
+        tensors = {t["name"]: t["shape"] for t in step["inputs"] + step["outputs"]}
+        if missing := {VALUE, FEATURES, QUANTILES} - set(tensors):
             raise ManifestError(f"{model.path}/manifest.json: graphs.step lacks {sorted(missing)}")
+        if tensors[FEATURES][1:] != [spec.season + len(spec.lags)]:
+            raise ManifestError(f"{model.path}/manifest.json: graphs.step input features is {tensors[FEATURES]}, "
+                                f"season and lags make {spec.season + len(spec.lags)} columns")
         return spec
 
     @property
     def prefix(self) -> int:
         """Values before the first step's target, so that its lags exist."""
         return max(max(self.lags, default=1) - 1, 0)
+
+    @property
+    def median(self) -> int:
+        return self.levels.index(0.5)
+
+    def encode(self, values: Iterable[float], scale: float) -> list[float]:
+        ratio = np.asarray(list(values), dtype=np.float64) / scale
+        return (np.log(np.maximum(ratio, self.floor)) if self.transform == "log" else ratio).tolist()
+
+    def decode(self, quantiles: np.ndarray, scale: float) -> np.ndarray:
+        return scale * (np.exp(quantiles) if self.transform == "log" else quantiles)
 
     def select(self, requested: list[float], field: str) -> list[int]:
         """Indices of the requested levels (all when none); INVALID_ARGUMENT names an unknown one."""
@@ -67,15 +103,16 @@ class ForecastSpec:
 
 
 class Series:
-    """One stream: its scaled values (observed, then fed-back medians), scale, calendar and state slot."""
+    """One stream: its values in model units (observed, then fed-back medians), scale, calendar and state slot."""
 
     def __init__(self, runner: ModelRunner, spec: ForecastSpec, slots: np.ndarray, history: list[float],
                  start_month: int) -> None:
         self.runner, self.spec, self.slots = runner, spec, slots
-        window = history[-(spec.context + spec.prefix):]
-        self.scale = float(np.mean(np.abs(history[-spec.context:]))) + spec.eps
+        usable = min(spec.context, len(history) - spec.prefix)
+        window = history[-(spec.prefix + usable):]
+        self.scale = float(np.mean(np.abs(window[spec.prefix:]))) + spec.eps
         self.month0 = start_month + len(history) - len(window)  # month (0 = January) of values[0]
-        self.values = [v / self.scale for v in window]
+        self.values = spec.encode(window, self.scale)
         self.next_target = spec.prefix + 1
         self.observed = len(history)
 
@@ -87,8 +124,8 @@ class Series:
         return (await self.runner.run("step", inputs, self.slots))[QUANTILES][0]
 
     async def observe(self, values: list[float]) -> None:
-        """Append observations and read them teacher-forced."""
-        self.values.extend(v / self.scale for v in values)
+        """Append observations (scaled with the stream's fixed scale) and read them teacher-forced."""
+        self.values.extend(self.spec.encode(values, self.scale))
         self.observed += len(values)
         for target in range(self.next_target, len(self.values)):
             await self._step(target, self.values)
@@ -98,15 +135,15 @@ class Series:
         """``horizon`` steps past the last observation; the stream's state is left as it was."""
         saved = self.runner.pools["step"].snapshot(self.slots)
         values = list(self.values)
-        median = self.spec.levels.index(0.5) if 0.5 in self.spec.levels else len(self.spec.levels) // 2
         try:
             for ahead, target in enumerate(range(len(values), len(values) + horizon), start=1):
                 quantiles = (await self._step(target, values)).astype(np.float64)
-                values.append(float(quantiles[median]))
+                values.append(float(quantiles[self.spec.median]))
+                decoded = self.spec.decode(quantiles, self.scale)
                 yield pb.ForecastStep(step=ahead, month=(self.month0 + target) % self.spec.season + 1,
-                                      point=quantiles[median] * self.scale,
+                                      point=decoded[self.spec.median],
                                       quantile_levels=[self.spec.levels[i] for i in levels],
-                                      quantiles=(quantiles[levels] * self.scale).tolist())
+                                      quantiles=decoded[levels].tolist())
         finally:
             self.runner.pools["step"].restore(self.slots, saved)
 
@@ -118,7 +155,7 @@ class ForecastService(forecast_pb2_grpc.ForecastServicer):
                       for versions in runners.values() for r in versions.values() if r.model.task == "forecast"}
 
     def _check(self, spec: ForecastSpec, values: list[float], field: str, horizon: int, start_month: int) -> None:
-        check_count(f"{field} (its length)", len(values), spec.prefix + 1, self.config.max_history)
+        check_count(f"{field} (its length)", len(values), spec.min_history, self.config.max_history)
         check_finite(field, values)
         check_count("horizon", horizon, 1, self.config.max_horizon)
         check_count("start_month", start_month or 1, 1, 12)

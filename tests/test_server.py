@@ -14,15 +14,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from client import Client
 from client.__main__ import main as cli
+from export.check_shipped import forecast_quantiles
 from server.app import Server
 from server.config import Config, load_config
 from server.gen.grpc.health.v1 import health_pb2
 from server.gen.grpc.reflection.v1 import reflection_pb2, reflection_pb2_grpc
 from server.gen.seqserve.v1 import common_pb2, forecast_pb2, sentiment_pb2, sentiment_pb2_grpc
+from server.repository import load_model
+from training.forecast_data import HORIZON, load_panel
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
@@ -311,6 +315,25 @@ def test_forecast(client: Client) -> None:
         with pytest.raises(grpc.RpcError) as error:
             list(client.forecast(history, horizon, quantiles=quantiles))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and field in error.value.details()
+
+
+@pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
+def test_forecast_equals_the_numpy_rollout(client: Client, data_dir: Path) -> None:
+    """A real series (April start) through the server = check_shipped's rollout of the whole test panel.
+
+    Also its first 30 values alone: shorter than lag prefix + context, so the scale and the
+    teacher-forced window use only what the history has.
+    """
+    panel = load_panel(data_dir / "forecast" / "aus_retail.csv").cut(HORIZON)
+    model = load_model(MODELS / "forecast" / "1")
+    median = model.manifest["preprocessing"]["quantiles"].index(0.5)
+    short = panel.values[0][:30]
+    cases = [(panel.values[0], forecast_quantiles(model, panel.values, panel.start_months, HORIZON)[0]),
+             (short, forecast_quantiles(model, [short], panel.start_months[:1], HORIZON)[0])]
+    for history, expected in cases:
+        steps = list(client.forecast(history.tolist(), HORIZON, start_month=int(panel.start_months[0]) + 1))
+        np.testing.assert_allclose([list(step.quantiles) for step in steps], expected, rtol=1e-5)
+        np.testing.assert_allclose([step.point for step in steps], expected[:, median], rtol=1e-5)
 
 
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
