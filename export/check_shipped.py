@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from server.repository import Model, load_repository
+from server.subword import SubwordBPE
 from training.forecast_data import HORIZON, decode, encode, fit_scale, load_panel, prefix_length, season_naive_mae
 from training.sentiment_data import Vocabulary, split_snippets
+from training.translation_data import read_tsv
 
 DATA = Path("data")
 
@@ -31,7 +33,9 @@ class Tolerance:
 
 
 TOLERANCE = {"test_accuracy": Tolerance(0.005, higher_is_better=True),
-             "test_mase": Tolerance(0.005, higher_is_better=False)}
+             "test_mase": Tolerance(0.005, higher_is_better=False),
+             **{f"test_greedy_bleu_{source}": Tolerance(0.5, higher_is_better=True)
+                for source in ("libreoffice_help", "ding", "gettext")}}
 
 
 def sentiment_accuracy(model: Model, data_dir: Path) -> dict[str, float]:
@@ -100,9 +104,67 @@ def forecast_mase(model: Model, data_dir: Path) -> dict[str, float]:
     return {"test_mase": float(mase.mean())}
 
 
+def translation_sources(model: Model, texts: list[str]) -> list[list[int]]:
+    """Source ids as the manifest says: subword pieces + EOS, cut to ``max_length``."""
+    pre = model.manifest["preprocessing"]
+    tokenizer = SubwordBPE(model.path / pre["subwords"])
+    return [[*tokenizer.encode(text), *pre["source_suffix"]][: pre["max_length"]] for text in texts]
+
+
+def translation_greedy(model: Model, sources: list[list[int]], batch_size: int = 64) -> list[list[int]]:
+    """Greedy output ids (EOS dropped) per source, ``training/seq2seq.greedy_decode`` with the two graphs.
+
+    Sources run in batches of similar length, padded with ``pad_id``; each sentence gets at most
+    ``min(2 * len(source) + 10, max_length)`` tokens, the last forced to EOS.
+    """
+    pre = model.manifest["preprocessing"]
+    encoder, step = model.sessions["encoder"], model.sessions["decoder_step"]
+    step_outputs = [o.name for o in step.get_outputs()]
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    results: list[list[int]] = [[] for _ in sources]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        lengths = np.array([len(sources[i]) for i in chunk], dtype=np.int64)
+        ids = np.full((len(chunk), lengths.max()), pre["pad_id"], dtype=np.int64)
+        for row, i in enumerate(chunk):
+            ids[row, : lengths[row]] = sources[i]
+        names = [o.name for o in encoder.get_outputs()]
+        feed = dict(zip(names, encoder.run(names, {"src_ids": ids, "src_lengths": lengths}), strict=True))
+        limits = np.minimum(2 * lengths + 10, pre["max_length"])
+        prev = np.full(len(chunk), pre["bos_id"], dtype=np.int64)
+        finished = np.zeros(len(chunk), dtype=bool)
+        tokens = []
+        for t in range(limits.max()):
+            out = dict(zip(step_outputs, step.run(step_outputs, {**feed, "prev_tokens": prev}), strict=True))
+            feed["state"] = out["new_state"]
+            prev = np.where(finished | (t + 1 >= limits), pre["eos_id"], out["log_probs"].argmax(-1))
+            tokens.append(prev)
+            finished |= prev == pre["eos_id"]
+            if finished.all():
+                break
+        for i, row in zip(chunk, np.stack(tokens, 1).tolist(), strict=True):
+            results[i] = row[: row.index(pre["eos_id"])]
+    return results
+
+
+def translation_bleu(model: Model, data_dir: Path) -> dict[str, float]:
+    """Greedy sacreBLEU of the two graphs on each test split that the manifest records a score for."""
+    import sacrebleu
+
+    tokenizer = SubwordBPE(model.path / model.manifest["preprocessing"]["subwords"])
+    scores = {}
+    for metric in sorted(m for m in model.manifest["metrics"] if m.startswith("test_greedy_bleu_")):
+        pairs = read_tsv(data_dir / "translation" / "pairs" / f"{metric.removeprefix('test_greedy_bleu_')}.test.tsv")
+        outputs = translation_greedy(model, translation_sources(model, [source for source, _ in pairs]))
+        hypotheses = [tokenizer.decode(ids) for ids in outputs]
+        scores[metric] = sacrebleu.corpus_bleu(hypotheses, [[target for _, target in pairs]]).score
+    return scores
+
+
 EVALUATORS: dict[str, Callable[[Model, Path], dict[str, float]]] = {
     "sentiment": sentiment_accuracy,
     "forecast": forecast_mase,
+    "translation": translation_bleu,
 }
 
 
