@@ -2,9 +2,10 @@
 
 The decoder's state starts from the encoder's output and its context tensors (encoder outputs,
 keys, mask) come from the encoder too; both are wired by the manifest, so this module only
-tokenizes, picks tokens and formats them. Decoding repeats ``training/seq2seq.py``: at most
-``2 × source tokens + 10`` tokens (EOS included), beam hypotheses ranked by
-``log p / ((5 + length) / 6) ** length_penalty``, a finished hypothesis only extends with EOS.
+tokenizes, picks tokens and formats them. Decoding repeats ``training/seq2seq.py`` with the
+manifest's ``preprocessing``: the source is ``(pieces + source_suffix)[:max_length]``, the output
+at most ``min(2 × source tokens + 10, max_length)`` tokens (EOS included), beam hypotheses ranked
+by ``log p / ((5 + length) / 6) ** length_penalty``, a finished hypothesis only extends with EOS.
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ class Translator:
 
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
-        pre = runner.model.manifest.get("preprocessing", {})
-        special = pre["tokenizer"] if isinstance(pre.get("tokenizer"), dict) else pre
+        pre = runner.model.manifest["preprocessing"]
         self.tokenizer = SubwordBPE(runner.model.path / pre["subwords"])
-        self.bos, self.eos = special.get("bos_id", 2), special.get("eos_id", 3)
+        self.bos, self.eos, self.suffix = pre["bos_id"], pre["eos_id"], pre["source_suffix"]
+        self.max_length, self.length_penalty = pre["max_length"], pre["length_penalty"]
 
     async def encode(self, text: str) -> tuple[list[int], dict[str, Arrays]]:
-        ids = [*self.tokenizer.encode(text), self.eos]
+        ids = [*self.tokenizer.encode(text), *self.suffix][: self.max_length]
         out = await self.runner.run("encoder", {"src_ids": np.array([ids], dtype=np.int64),
                                                 "src_lengths": np.array([len(ids)], dtype=np.int64)})
         return ids, {"encoder": out}
@@ -104,18 +105,19 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
         self.translators = {id(r): Translator(r) for versions in runners.values() for r in versions.values()
                             if r.model.task == "translation"}
 
-    def _options(self, options: pb.DecodeOptions) -> tuple[int, int, float]:
+    def _options(self, translator: Translator, options: pb.DecodeOptions) -> tuple[int, int, float]:
+        """Beam width, output length cap and length penalty; unset (0) means the model's own."""
         check_count("options.beam", options.beam or 1, 1, self.config.max_beam)
-        check_count("options.max_length", options.max_length or self.config.max_decode_len, 1,
-                    self.config.max_decode_len)
-        penalty = options.length_penalty or 1.0
+        check_count("options.max_length", options.max_length or 1, 1, self.config.max_decode_len)
+        penalty = options.length_penalty or translator.length_penalty
         if not math.isfinite(penalty) or penalty < 0:
             raise invalid(f"options.length_penalty is {penalty}: it must be finite and not negative")
-        return options.beam or 1, options.max_length or self.config.max_decode_len, penalty
+        max_length = options.max_length or min(translator.max_length, self.config.max_decode_len)
+        return options.beam or 1, max_length, penalty
 
     async def _decode(self, translator: Translator, text: str, options: pb.DecodeOptions
                       ) -> tuple[list[int], AsyncIterator[Token]]:
-        beam, max_length, penalty = self._options(options)
+        beam, max_length, penalty = self._options(translator, options)
         ids, sources = await translator.encode(text)
         limit = min(2 * len(ids) + 10, max_length)
         if beam == 1:

@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from client import Client
 from client.__main__ import main as cli
-from export.check_shipped import forecast_quantiles
+from export.check_shipped import forecast_quantiles, translation_greedy, translation_sources
 from server.app import Server
 from server.config import Config, load_config
 from server.gen.grpc.health.v1 import health_pb2
@@ -27,6 +28,7 @@ from server.gen.grpc.reflection.v1 import reflection_pb2, reflection_pb2_grpc
 from server.gen.seqserve.v1 import common_pb2, forecast_pb2, sentiment_pb2, sentiment_pb2_grpc
 from server.repository import load_model
 from training.forecast_data import HORIZON, load_panel
+from training.translation_data import read_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
@@ -348,3 +350,30 @@ def test_translate(client: Client) -> None:
     with pytest.raises(grpc.RpcError) as error:
         list(client.translate(""))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "text is empty" in error.value.details()
+
+
+@pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
+def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running: Running, data_dir: Path) -> None:
+    """Real test sentences: the server's greedy tokens = check_shipped's ORT loop, and 8 at once = each alone."""
+    pairs = [p for source in ("libreoffice_help", "ding")
+             for p in read_tsv(data_dir / "translation" / "pairs" / f"{source}.test.tsv")[:4]]
+    texts = [source for source, _ in pairs]
+    model = load_model(MODELS / "translation" / "1")
+    expected = translation_greedy(model, translation_sources(model, texts))
+
+    def translate(text: str) -> list[tuple[int, float]]:
+        with Client(running.target, timeout=30) as client:
+            return [(t.token_id, t.log_prob) for t in client.translate(text)]
+
+    solo = [translate(text) for text in texts]
+    assert [[token for token, _ in tokens] for tokens in solo] == expected
+    batches_before = running.sample("seqserve_batch_size_count", graph="decoder_step")
+    rows_before = running.sample("seqserve_batch_size_sum", graph="decoder_step")
+    with ThreadPoolExecutor(len(texts)) as pool:
+        together = list(pool.map(translate, texts))
+    batches = running.sample("seqserve_batch_size_count", graph="decoder_step") - batches_before
+    rows = running.sample("seqserve_batch_size_sum", graph="decoder_step") - rows_before
+    assert rows / batches > 2, "the streams were not batched"
+    for alone, among in zip(solo, together, strict=True):
+        assert [token for token, _ in among] == [token for token, _ in alone]
+        np.testing.assert_allclose([p for _, p in among], [p for _, p in alone], atol=1e-4)
