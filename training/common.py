@@ -6,10 +6,12 @@ stay importable where torch is not installed (the shipped-model checks run witho
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import subprocess
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,17 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, defaults: Any, choices: dict[str, Sequence[str]] | None = None
+) -> None:
+    """One ``--flag`` per field of the ``defaults`` dataclass: ``--no-flag`` for booleans, ``choices`` where given."""
+    for name, value in asdict(defaults).items():
+        flag = "--" + name.replace("_", "-")
+        if choices and name in choices:
+            parser.add_argument(flag, choices=list(choices[name]), default=value)
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from training.common import EarlyStopping, git_commit, plot_curves, set_seed, write_json
+from training.common import EarlyStopping, add_config_arguments, git_commit, plot_curves, set_seed, write_json
 from training.forecast_data import (
     DATA_FILE,
     EPS,
@@ -377,14 +377,7 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser = argparse.ArgumentParser(prog="python -m training forecast", description=__doc__.split("\n\n")[0])
-    for name, value in asdict(Config()).items():
-        flag = "--" + name.replace("_", "-")
-        if name == "cell":
-            parser.add_argument(flag, choices=sorted(RNN_MODULES), default=value)
-        elif name == "transform":
-            parser.add_argument(flag, choices=TRANSFORMS, default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
+    add_config_arguments(parser, Config(), {"cell": sorted(RNN_MODULES), "transform": TRANSFORMS})
     parser.add_argument("--out", type=Path, default=Path("runs/forecast"))
     args = vars(parser.parse_args(argv))
     out = args.pop("out")

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from training.common import EarlyStopping, git_commit, plot_curves, set_seed, write_json
+from training.common import EarlyStopping, add_config_arguments, git_commit, plot_curves, set_seed, write_json
 from training.sentiment_data import Split, Vocabulary, load_plots, split_snippets, tokenize
 from training.word_vectors import embedding_init
 
@@ -284,17 +284,7 @@ def train(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser = argparse.ArgumentParser(prog="python -m training sentiment", description=__doc__.split("\n\n")[0])
-    defaults = Config()
-    for name, value in asdict(defaults).items():
-        flag = "--" + name.replace("_", "-")
-        if name == "cell":
-            parser.add_argument(flag, choices=sorted(RNN_MODULES), default=value)
-        elif name == "pool":
-            parser.add_argument(flag, choices=["last", "meanmax"], default=value)
-        elif isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
+    add_config_arguments(parser, Config(), {"cell": sorted(RNN_MODULES), "pool": ["last", "meanmax"]})
     parser.add_argument("--out", type=Path, default=Path("runs/sentiment"))
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
