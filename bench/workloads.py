@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,18 @@ class Workload:
     ids: list[list[int]]  # translation: source ids with EOS; sentiment: one id per emitted token
     bos: int = 0
     eos: int = 0
+    max_length: int = MAX_DECODE_LEN  # translation: the cap on source and output tokens
 
     @property
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.model_dir / "manifest.json").read_text())
 
     def take(self, n: int) -> Workload:
-        return Workload(self.task, self.model_dir, self.texts[:n], self.ids[:n], self.bos, self.eos)
+        return replace(self, texts=self.texts[:n], ids=self.ids[:n])
 
     def limit(self, index: int) -> int:
         """Translation: the decode length limit of text ``index``, EOS included (as the server)."""
-        return min(2 * len(self.ids[index]) + 10, MAX_DECODE_LEN)
+        return min(2 * len(self.ids[index]) + 10, self.max_length)
 
 
 def newest_version(models: Path, name: str) -> Path | None:
@@ -48,15 +49,14 @@ def newest_version(models: Path, name: str) -> Path | None:
 
 
 def translation(model_dir: Path, count: int) -> Workload:
-    """The first ``count`` English sentences of the LibreOffice-help test split."""
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    pre = manifest.get("preprocessing", {})
-    special = pre["tokenizer"] if isinstance(pre.get("tokenizer"), dict) else pre
-    bos, eos = special.get("bos_id", 2), special.get("eos_id", 3)
+    """The first ``count`` English sentences of the LibreOffice-help test split, cut as the server cuts them."""
+    pre = json.loads((model_dir / "manifest.json").read_text())["preprocessing"]
+    max_length = min(pre.get("max_length", MAX_DECODE_LEN), MAX_DECODE_LEN)
     tokenizer = SubwordBPE(model_dir / pre["subwords"])
     lines = TRANSLATION_TEST.read_text(encoding="utf-8").splitlines()
     texts = [line.split("\t")[0] for line in lines if line.strip()][:count]
-    return Workload("translation", model_dir, texts, [[*tokenizer.encode(t), eos] for t in texts], bos, eos)
+    ids = [[*tokenizer.encode(t), *pre["source_suffix"]][:max_length] for t in texts]
+    return Workload("translation", model_dir, texts, ids, pre["bos_id"], pre["eos_id"], max_length)
 
 
 def sentiment(model_dir: Path, count: int) -> Workload:
