@@ -36,13 +36,13 @@ def forecast(client: Client, args: argparse.Namespace) -> None:
 
 
 def translate(client: Client, args: argparse.Namespace) -> None:
-    for token in client.translate(" ".join(args.text), beam=args.beam, model=args.model):
+    for position, token in enumerate(client.translate(" ".join(args.text), beam=args.beam, model=args.model)):
         if args.verbose:
             focus = max(range(len(token.attention)), key=token.attention.__getitem__)
             print(f"{token.piece!r:>16} id={token.token_id:<5} logp={token.log_prob:7.3f} attends to #{focus}",
                   flush=True)
-        else:
-            print(token.piece, end="", flush=True)
+        else:  # a leading space marks a word start; the first word needs none
+            print(token.piece.lstrip() if position == 0 else token.piece, end="", flush=True)
     if not args.verbose:
         print()
 
