@@ -24,7 +24,6 @@ test: data
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
 
 train-sentiment: data
 	$(PY) -m training sentiment --out runs/sentiment
