@@ -42,11 +42,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats-large", type=int, default=1, help="repeats when N > 64")
     p.add_argument("--models", type=Path, default=Path("models"))
     p.add_argument("--server-max-batch", type=int, default=64, help="the server's max_batch (its default)")
-    p.add_argument("--wait-for-translation", type=float, default=0.0,
-                   help="seconds to wait for models/translation to appear before skipping it")
+    p.add_argument(
+        "--wait-for-translation",
+        type=float,
+        default=0.0,
+        help="seconds to wait for models/translation to appear before skipping it",
+    )
     p.add_argument("--sentiment-checkpoint", type=Path, default=Path("runs/sentiment/model.pt"))
-    p.add_argument("--translation-checkpoint", type=Path, default=Path("runs/translate/model.pt"),
-                   help="used when the manifest's provenance names no existing checkpoint")
+    p.add_argument(
+        "--translation-checkpoint",
+        type=Path,
+        default=Path("runs/translate/model.pt"),
+        help="used when the manifest's provenance names no existing checkpoint",
+    )
     p.add_argument("--server-args", default="", help='more server flags for both servers, e.g. "--max-wait-ms 0"')
     p.add_argument("--no-spin", action="store_true", help="servers with ORT spin-waiting off (server_nospin.py)")
     p.add_argument("--json", type=Path, default=Path("bench/results.json"))
@@ -57,8 +65,10 @@ def measure(name: str, run: Runner, workload: workloads.Workload, repeats: int, 
     run(workload.take(warm_streams))
     runs = [run(workload) for _ in range(repeats)]
     summary = summarize(runs)
-    print(f"  {name:<24} N={len(workload.texts):<4} {summary.tokens:>6} tokens  {summary.tokens_per_s:>9.0f} tok/s",
-          flush=True)
+    print(
+        f"  {name:<24} N={len(workload.texts):<4} {summary.tokens:>6} tokens  {summary.tokens_per_s:>9.0f} tok/s",
+        flush=True,
+    )
     return summary
 
 
@@ -107,8 +117,11 @@ def _model_dir(task: str, args: argparse.Namespace) -> Path | None:
 
 def _cpu_model() -> str:
     info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-             if line.startswith("model name")] if info.exists() else []
+    names = (
+        [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")]
+        if info.exists()
+        else []
+    )
     return names[0] if names else platform.processor()
 
 
@@ -126,10 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server subprocess on the way out
     load1, load5, _ = os.getloadavg()
-    machine = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(), "cpu": _cpu_model(),
-               "loadavg_before": [round(load1, 2), round(load5, 2)], "python": platform.python_version(),
-               "versions": _versions("onnxruntime", "onnxruntime-gpu", "torch", "grpcio", "numpy"),
-               "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])])}
+    machine = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "loadavg_before": [round(load1, 2), round(load5, 2)],
+        "python": platform.python_version(),
+        "versions": _versions("onnxruntime", "onnxruntime-gpu", "torch", "grpcio", "numpy"),
+        "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+    }
     print(json.dumps(machine), flush=True)
     results = {}
     for task in args.tasks:
@@ -137,9 +155,19 @@ def main(argv: list[str] | None = None) -> None:
             results[task] = task_results
             print(f"\n### {task}\n\n{summary_table(task_results)}\n\n{ratio_table(task_results)}\n", flush=True)
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()[:2]]
-    args.json.write_text(json.dumps({"machine": machine, "results": {
-        task: {name: {n: asdict(s) for n, s in by_n.items()} for name, by_n in r.items()}
-        for task, r in results.items()}}, indent=1) + "\n")
+    args.json.write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "results": {
+                    task: {name: {n: asdict(s) for n, s in by_n.items()} for name, by_n in r.items()}
+                    for task, r in results.items()
+                },
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"load average after: {machine['loadavg_after']}; wrote {args.json}")
 
 

@@ -24,8 +24,6 @@ from bench.workloads import Workload
 from server.config import Config
 from server.engine import session_factory
 
-STEP = {"translation": "decoder_step", "sentiment": "step"}
-
 
 def _sessions(workload: Workload) -> dict[str, ort.InferenceSession]:
     make = session_factory(Config())  # the server's defaults: 2 intra-op threads, sequential
@@ -66,8 +64,13 @@ def ort_translation(workload: Workload) -> Run:
         if not len(rows):
             break
     ended = time.perf_counter()
-    return Run(arrivals, ended - started, time.process_time() - cpu, batch=rows_stepped / (t + 1),
-               step_s=(ended - decoding) / (t + 1))
+    return Run(
+        arrivals,
+        ended - started,
+        time.process_time() - cpu,
+        batch=rows_stepped / (t + 1),
+        step_s=(ended - decoding) / (t + 1),
+    )
 
 
 def ort_sentiment(workload: Workload) -> Run:
@@ -144,10 +147,13 @@ def _seq2seq(checkpoint: Path):
         config = Seq2SeqConfig(**payload["config"])
     else:
         bahdanau = "query.weight" in weights
-        config = Seq2SeqConfig(vocab_size=weights["embed.weight"].shape[0], emb=weights["embed.weight"].shape[1],
-                               hidden=weights["init_state.weight"].shape[0],
-                               attention="bahdanau" if bahdanau else "luong",
-                               attention_dim=weights["key.weight"].shape[0])
+        config = Seq2SeqConfig(
+            vocab_size=weights["embed.weight"].shape[0],
+            emb=weights["embed.weight"].shape[1],
+            hidden=weights["init_state.weight"].shape[0],
+            attention="bahdanau" if bahdanau else "luong",
+            attention_dim=weights["key.weight"].shape[0],
+        )
     model = Seq2Seq(config)
     model.load_state_dict(weights)
     return model.eval()

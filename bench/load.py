@@ -53,8 +53,11 @@ class Served:
             pattern = rf'^{metric}\{{[^}}]*graph="{graph}"[^}}]*\}} (\S+)$'
             return sum(float(v) for v in re.findall(pattern, page, flags=re.M))
 
-        return (total("seqserve_batch_size_count"), total("seqserve_batch_size_sum"),
-                total("seqserve_step_duration_seconds_sum"))
+        return (
+            total("seqserve_batch_size_count"),
+            total("seqserve_batch_size_sum"),
+            total("seqserve_step_duration_seconds_sum"),
+        )
 
 
 def free_port() -> int:
@@ -64,15 +67,34 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(models: Path, max_batch: int, extra: Sequence[str] = (), startup_s: float = 120.0,
-            program: Sequence[str] = (sys.executable, "-m", "server")) -> Iterator[Served]:
+def serving(
+    models: Path,
+    max_batch: int,
+    extra: Sequence[str] = (),
+    startup_s: float = 120.0,
+    program: Sequence[str] = (sys.executable, "-m", "server"),
+) -> Iterator[Served]:
     """``python -m server`` (or ``program``) on free ports until the block ends, once its health says SERVING.
 
     ``extra`` are more server flags (``--max-wait-ms 0``).
     """
     port, metrics_port = free_port(), free_port()
-    command = [*program, "--models", str(models), "--host", "127.0.0.1", "--port", str(port),
-               "--metrics-port", str(metrics_port), "--max-batch", str(max_batch), "--log-level", "WARNING", *extra]
+    command = [
+        *program,
+        "--models",
+        str(models),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--max-batch",
+        str(max_batch),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         served = Served(f"127.0.0.1:{port}", process.pid, metrics_port)
@@ -124,8 +146,9 @@ def _run(served: Served, workload: Workload, one, per_token: bool = True) -> Run
             steps, rows, busy = served.step_totals(graph)
             cpu, server_cpu = time.process_time(), served.cpu_s()
             started = time.perf_counter()
-            await asyncio.gather(*(one(channels[i // STREAMS_PER_CHANNEL], i, started, arrivals[i])
-                                   for i in range(count)))
+            await asyncio.gather(
+                *(one(channels[i // STREAMS_PER_CHANNEL], i, started, arrivals[i]) for i in range(count))
+            )
             seconds = time.perf_counter() - started
             cpu, server_cpu = time.process_time() - cpu, served.cpu_s() - server_cpu
             after = served.step_totals(graph)
