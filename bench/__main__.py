@@ -32,6 +32,7 @@ from bench.report import ratio_table, summary_table
 from bench.stats import Run, Summary, summarize
 
 Runner = Callable[[workloads.Workload], Run]
+Load = Callable[[load.Served, workloads.Workload], Run]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,7 +82,7 @@ def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summa
     workload = (workloads.translation if task == "translation" else workloads.sentiment)(model_dir, largest)
     if task == "translation":
         checkpoint = workloads.checkpoint_of(workload, args.translation_checkpoint)
-        streams: Runner = load.translate
+        streams: Load = load.translate
         ort, naive = baselines.ort_translation, lambda w: baselines.torch_translation(w, checkpoint)
     else:
         checkpoint = workloads.checkpoint_of(workload, args.sentiment_checkpoint)

@@ -56,8 +56,8 @@ class Summary:
     itl_p99: float
     cpu_us_per_token: float  # client (or loop) plus server
     server_cpu_share: float  # the server's part of that CPU time
-    batch: float
-    step_ms: float
+    batch: float  # mean rows per step of the step graph
+    step_ms: float  # mean time per step of the step graph
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -65,9 +65,7 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 
 def summarize(runs: list[Run]) -> Summary:
-    def median(values: list[float]) -> float:
-        return statistics.median(values)
-
+    median = statistics.median
     return Summary(
         repeats=len(runs),
         tokens=runs[0].tokens,
