@@ -15,7 +15,7 @@ from server.gen.grpc.health.v1 import health_pb2, health_pb2_grpc
 from server.gen.grpc.reflection.v1 import reflection_pb2 as rpb
 from server.gen.seqserve.v1 import models_pb2, models_pb2_grpc
 from server.metrics import Metrics
-from server.rpc import Call, RequestError, Runners, rpc
+from server.rpc import Call, Runners, lookup, rpc
 
 Status = health_pb2.HealthCheckResponse.ServingStatus
 
@@ -45,16 +45,9 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
 
     @rpc("GetModel")
     async def GetModel(self, request, context, call: Call) -> models_pb2.ModelInfo:
-        versions = self.runners.get(request.name)
-        if versions is None:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"name {request.name!r} is not loaded (models: {sorted(self.runners)})")
-        version = request.version or max(versions)
-        if version not in versions:
-            raise RequestError(grpc.StatusCode.NOT_FOUND,
-                               f"version {version} of {request.name!r} is not loaded (versions: {sorted(versions)})")
+        runner = lookup(self.runners, request.name, request.version, field="")
         call.model = request.name
-        return model_info(versions[version])
+        return model_info(runner)
 
 
 class HealthService(health_pb2_grpc.HealthServicer):

@@ -50,17 +50,22 @@ def check_count(field: str, count: int, low: int, high: int) -> None:
         raise invalid(f"{field} is {count}, it must be between {low} and {high}")
 
 
-def resolve(runners: Runners, ref: Any, task: str) -> ModelRunner:
-    """The runner for ``ref`` (a ``ModelRef``; version 0 = newest); NOT_FOUND names what exists."""
-    versions = runners.get(ref.name)
+def lookup(runners: Runners, name: str, version: int, field: str = "model.") -> ModelRunner:
+    """The runner of ``name`` at ``version`` (0 = newest); NOT_FOUND names the ``field`` and what exists."""
+    versions = runners.get(name)
     if versions is None:
         raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"model.name {ref.name!r} is not loaded (models: {sorted(runners)})")
-    version = ref.version or max(versions)
+                           f"{field}name {name!r} is not loaded (models: {sorted(runners)})")
+    version = version or max(versions)
     if version not in versions:
         raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"model.version {version} of {ref.name!r} is not loaded (versions: {sorted(versions)})")
-    runner = versions[version]
+                           f"{field}version {version} of {name!r} is not loaded (versions: {sorted(versions)})")
+    return versions[version]
+
+
+def resolve(runners: Runners, ref: Any, task: str) -> ModelRunner:
+    """The runner for ``ref`` (a ``ModelRef``), which must serve ``task``."""
+    runner = lookup(runners, ref.name, ref.version)
     if runner.model.task != task:
         raise invalid(f"model.name {ref.name!r} is a {runner.model.task} model, this method needs a {task} model")
     return runner
