@@ -8,7 +8,8 @@ Systems, per task and per ``N``:
 - ``(b) server max_batch=1``: the server without batching;
 - ``(c) torch``: a naive per-stream PyTorch eager loop.
 
-Options: ``--server-args "--max-wait-ms 0"`` and ``--no-spin`` (``server_nospin.py``) try server settings.
+Option: ``--server-args "--max-wait-ms 2 --ort-spinning true"`` tries other server settings (these two were
+the defaults before the measurements in ``bench/RESULTS.md``).
 Each configuration runs once to warm up, then ``--repeats`` times; the tables hold medians.
 """
 
@@ -56,8 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=Path("runs/translate/model.pt"),
         help="used when the manifest's provenance names no existing checkpoint",
     )
-    p.add_argument("--server-args", default="", help='more server flags for both servers, e.g. "--max-wait-ms 0"')
-    p.add_argument("--no-spin", action="store_true", help="servers with ORT spin-waiting off (server_nospin.py)")
+    p.add_argument("--server-args", default="", help='more server flags for both servers, e.g. "--max-wait-ms 2"')
     p.add_argument("--json", type=Path, default=Path("bench/results.json"))
     return p.parse_args(argv)
 
@@ -97,7 +97,7 @@ def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summa
             results.setdefault(name, {})[n] = measure(name, run, workload.take(n), repeats, min(n, warm_cap or n))
 
     extra = shlex.split(args.server_args)
-    program = (sys.executable, "-m", "bench.server_nospin" if args.no_spin else "server")
+    program = (sys.executable, "-m", "server")
     with load.serving(args.models, args.server_max_batch, extra, program=program) as served:
         each_n("server", lambda w: streams(served, w))
         if task == "translation":

@@ -26,7 +26,12 @@ class Config:
     intra_op_threads: int = 2  # 2 measured best for one step on 2 cores
     inter_op_threads: int = 1
     max_batch: int = 64  # streams per batched step
-    max_wait_ms: float = 2.0  # how long a step waits for more streams once one is ready
+    # How long a step waits for more streams once one is ready. 0 runs whatever is queued at
+    # once: on 2 cores it beat 2 ms at every concurrency measured (bench/RESULTS.md).
+    max_wait_ms: float = 0.0
+    # ONNX Runtime's intra-op threads spin-wait between runs by default; on few cores that takes
+    # CPU from the event loop (off measured 26-62 % less CPU per token, bench/RESULTS.md).
+    ort_spinning: bool = False
     max_streams: int = 256  # open streams (state slots) per model version
     max_queue: int = 1024  # pending steps per graph before RESOURCE_EXHAUSTED
     idle_timeout_s: float = 60.0  # a bidirectional stream with no message for this long is ended
@@ -44,8 +49,15 @@ class Config:
 FIELDS = {f.name: f for f in fields(Config)}
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _coerce(name: str, value: Any) -> Any:
     kind = type(getattr(Config, name))
+    if kind is bool and isinstance(value, str):
+        if value.lower() not in BOOLEANS:
+            raise ValueError(f"config {name!r}: {value!r} is not a bool (true/false, 1/0, yes/no, on/off)")
+        return BOOLEANS[value.lower()]
     try:
         return kind(value)
     except (TypeError, ValueError) as error:

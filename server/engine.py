@@ -50,6 +50,7 @@ def session_factory(config: Config):
     def make(path: Path) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.ort_spinning else "0")
         options.inter_op_num_threads = config.inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -300,6 +300,10 @@ def test_config_precedence(tmp_path: Path) -> None:
     path.write_text('{"nope": 1}')
     with pytest.raises(ValueError, match="unknown options"):
         load_config(["--config", str(path)], {})
+    assert load_config(["--ort-spinning", "on"], {"SEQSERVE_ORT_SPINNING": "false"}).ort_spinning is True
+    assert load_config([], {"SEQSERVE_ORT_SPINNING": "0"}).ort_spinning is False
+    with pytest.raises(ValueError, match="'ort_spinning': 'maybe' is not a bool"):
+        load_config(["--ort-spinning", "maybe"], {})
 
 
 @pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
