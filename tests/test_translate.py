@@ -242,7 +242,7 @@ def test_encoder_and_step_export_to_onnx_with_dynamic_shapes(tmp_path: Path) -> 
     encoded = model.encode(src, lengths)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     torch.onnx.export(
-        _Encode(model),
+        _Encode(model).eval(),
         (src, lengths),
         tmp_path / "encoder.onnx",
         input_names=["src_ids", "src_lengths"],
@@ -252,7 +252,7 @@ def test_encoder_and_step_export_to_onnx_with_dynamic_shapes(tmp_path: Path) -> 
     )
     prev = torch.full((3,), BOS_ID)
     torch.onnx.export(
-        _Step(model),
+        _Step(model).eval(),
         (prev, encoded[3], encoded[0], encoded[1], encoded[2]),
         tmp_path / "step.onnx",
         input_names=["prev_tokens", "state", "encoder_outputs", "keys", "mask"],
