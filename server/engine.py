@@ -207,8 +207,11 @@ class GraphScheduler:
             try:
                 request = self.queue.get_nowait()
             except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:  # always so with max_wait_ms 0: no timer per step
+                    break
                 try:
-                    request = await asyncio.wait_for(self.queue.get(), deadline - loop.time())
+                    request = await asyncio.wait_for(self.queue.get(), remaining)
                 except TimeoutError:
                     break
             batch.append(request)
