@@ -3,6 +3,8 @@
 Systems, per task and per ``N``:
 
 - ``server``: ``python -m server`` with its defaults, ``N`` concurrent gRPC streams (``load.py``);
+- ``server-packed 8`` (translation): the same streams asking for up to 8 tokens per message
+  (``max_tokens_per_message``; the server packs only tokens already decoded);
 - ``server-whole`` (translation): the same decoding, one message per translation instead of per token;
 - ``(a) ort``: the ONNX graphs in an in-process batch-``N`` loop (``baselines.py``): the limit;
 - ``(b) server max_batch=1``: the server without batching;
@@ -32,6 +34,7 @@ from bench import baselines, load, workloads
 from bench.report import ratio_table, summary_table
 from bench.stats import Run, Summary, summarize
 
+PACKED = 8  # max_tokens_per_message of the server-packed system
 Runner = Callable[[workloads.Workload], Run]
 Load = Callable[[load.Served, workloads.Workload], Run]
 
@@ -101,6 +104,7 @@ def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summa
     with load.serving(args.models, args.server_max_batch, extra, program=program) as served:
         each_n("server", lambda w: streams(served, w))
         if task == "translation":
+            each_n(f"server-packed {PACKED}", lambda w: load.translate(served, w, PACKED))
             each_n("server-whole", lambda w: load.translate_whole(served, w))
     with load.serving(args.models, 1, extra, program=program) as served:
         each_n("(b) server max_batch=1", lambda w: streams(served, w))

@@ -22,7 +22,7 @@ import onnxruntime as ort
 from bench.stats import Run
 from bench.workloads import Workload
 from server.config import Config
-from server.engine import session_factory
+from server.engine import session_device, session_factory
 
 
 def _sessions(workload: Workload) -> dict[str, ort.InferenceSession]:
@@ -32,7 +32,11 @@ def _sessions(workload: Workload) -> dict[str, ort.InferenceSession]:
 
 
 def ort_translation(workload: Workload) -> Run:
-    """Batched greedy decoding: one encoder run for all sources, then one decoder run per step."""
+    """Batched greedy decoding: one encoder run for all sources, then one decoder run per step.
+
+    The decoder's state and context stay on the session's device between steps (IO binding, as in
+    the server); only the log-probabilities and the attention rows come to the host.
+    """
     manifest, sessions = workload.manifest, _sessions(workload)
     count = len(workload.ids)
     src = np.zeros((count, max(map(len, workload.ids))), dtype=np.int64)
@@ -40,27 +44,43 @@ def ort_translation(workload: Workload) -> Run:
         src[row, : len(ids)] = ids
     arrivals: list[list[float]] = [[] for _ in range(count)]
     limits = np.array([workload.limit(i) for i in range(count)])
+    step = sessions["decoder_step"]
+    device, names = session_device(step), [o.name for o in step.get_outputs()]
+
+    def on_device(arrays: dict[str, np.ndarray]) -> dict[str, ort.OrtValue]:
+        return {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device, 0) for k, v in arrays.items()}
+
     cpu, started = time.process_time(), time.perf_counter()
     encoded = _named(sessions["encoder"], {"src_ids": src, "src_lengths": np.array([len(i) for i in workload.ids])})
     states = [s for s in manifest["state"] if s["graph"] == "decoder_step"]
-    state = {s["input"]: encoded[s["initial"]["output"]] for s in states}
+    state = on_device({s["input"]: encoded[s["initial"]["output"]] for s in states})
     context = {c["input"]: encoded[c["from"]["output"]] for c in manifest["context"] if c["graph"] == "decoder_step"}
+    context_values = on_device(context)
     rows = np.arange(count)  # the streams still decoding, in the order of the arrays
     prev = np.full(count, workload.bos, dtype=np.int64)
     decoding, rows_stepped = time.perf_counter(), 0
     for t in range(int(limits.max())):
         rows_stepped += len(rows)
-        out = _named(sessions["decoder_step"], {"prev_tokens": prev, **state, **context})
+        binding = step.io_binding()
+        for name, value in (state | context_values).items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_cpu_input("prev_tokens", prev)
+        for name in names:
+            binding.bind_output(name, "cpu" if name in ("log_probs", "attention") else device)
+        step.run_with_iobinding(binding)
+        out = dict(zip(names, binding.get_outputs(), strict=True))
         state = {s["input"]: out[s["output"]] for s in states}
-        prev = np.where(t + 1 < limits[rows], out["log_probs"].argmax(-1), workload.eos)
+        out["attention"].numpy()  # the server sends it: bring it to the host as the server does
+        prev = np.where(t + 1 < limits[rows], out["log_probs"].numpy().argmax(-1), workload.eos)
         now = time.perf_counter() - started
         for row in rows[prev != workload.eos]:
             arrivals[row].append(now)
         going = prev != workload.eos
         if not going.all():  # re-gather only when a stream ends, as a server would
             rows, prev = rows[going], prev[going]
-            state = {k: v[going] for k, v in state.items()}
+            state = on_device({k: v.numpy()[going] for k, v in state.items()})
             context = {k: v[going] for k, v in context.items()}
+            context_values = on_device(context)
         if not len(rows):
             break
     ended = time.perf_counter()

@@ -160,14 +160,19 @@ def _run(served: Served, workload: Workload, one, per_token: bool = True) -> Run
     return asyncio.run(streams())
 
 
-def translate(served: Served, workload: Workload) -> Run:
-    """Greedy ``Translate`` streams, one message per token."""
+def translate(served: Served, workload: Workload, tokens_per_message: int = 1) -> Run:
+    """Greedy ``Translate`` streams with ``max_tokens_per_message``: one token per message by default.
+
+    A message's tokens all count as arriving with it.
+    """
     ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
+    options = translate_pb2.DecodeOptions(max_tokens_per_message=tokens_per_message)
 
     async def one(channel: grpc.aio.Channel, index: int, started: float, arrivals: list[float]) -> None:
         stub = translate_pb2_grpc.TranslationStub(channel)
-        async for _ in stub.Translate(translate_pb2.TranslateRequest(model=ref, text=workload.texts[index])):
-            arrivals.append(time.perf_counter() - started)
+        request = translate_pb2.TranslateRequest(model=ref, text=workload.texts[index], options=options)
+        async for update in stub.Translate(request):
+            arrivals.extend([time.perf_counter() - started] * len(update.tokens))
 
     return _run(served, workload, one)
 

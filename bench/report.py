@@ -34,18 +34,20 @@ def summary_table(results: dict[str, dict[int, Summary]]) -> str:
 
 
 def ratio_table(results: dict[str, dict[int, Summary]]) -> str:
-    """Server ÷ baseline: above 1 is better for throughput, below 1 is better for latencies."""
+    """Each server system ÷ each baseline: above 1 is better for throughput, below 1 is better for latencies."""
     lines = [
-        "| N | server ÷ | tokens/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+        "| N | system | ÷ | tokens/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
-    server = results["server"]
-    for n in sorted(server):
-        for name in BASELINES:
-            s, b = server[n], results[name][n]
-            cells = [s.tokens_per_s / b.tokens_per_s] + [
-                getattr(s, f) / getattr(b, f) if getattr(b, f) > 0 else math.nan
-                for f in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")
-            ]
-            lines.append(f"| {n} | {name} | " + " | ".join("-" if math.isnan(c) else f"{c:.2f}" for c in cells) + " |")
+    servers = [name for name in results if name not in BASELINES]
+    for n in sorted(results["server"]):
+        for system in servers:
+            for name in BASELINES:
+                s, b = results[system][n], results[name][n]
+                cells = [s.tokens_per_s / b.tokens_per_s] + [
+                    getattr(s, f) / getattr(b, f) if getattr(s, f) > 0 and getattr(b, f) > 0 else math.nan
+                    for f in ("ttft_p50", "ttft_p99", "itl_p50", "itl_p99")
+                ]
+                lines.append(f"| {n} | {system} | {name} | "
+                             + " | ".join("-" if math.isnan(c) else f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines)

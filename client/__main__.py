@@ -36,7 +36,8 @@ def forecast(client: Client, args: argparse.Namespace) -> None:
 
 
 def translate(client: Client, args: argparse.Namespace) -> None:
-    for position, token in enumerate(client.translate(" ".join(args.text), beam=args.beam, model=args.model)):
+    tokens = client.translate_tokens(" ".join(args.text), beam=args.beam, model=args.model)
+    for position, token in enumerate(tokens):
         if args.verbose:
             focus = max(range(len(token.attention)), key=token.attention.__getitem__)
             print(f"{token.piece!r:>16} id={token.token_id:<5} logp={token.log_prob:7.3f} attends to #{focus}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import grpc
 
@@ -75,11 +76,19 @@ class Client:
         return self.forecaster.Observe(iter(observations), timeout=self.timeout)
 
     def translate(self, text: str, beam: int = 1, max_length: int = 0, length_penalty: float = 0.0,
-                  model: str = "translation", version: int = 0) -> Iterator[translate_pb2.TranslateToken]:
+                  max_tokens_per_message: int = 1, model: str = "translation", version: int = 0
+                  ) -> Iterator[translate_pb2.TranslateUpdate]:
+        """Updates of one or more tokens each (``max_tokens_per_message``); the first names the source pieces."""
         request = translate_pb2.TranslateRequest(
             model=common_pb2.ModelRef(name=model, version=version), text=text,
-            options=translate_pb2.DecodeOptions(beam=beam, max_length=max_length, length_penalty=length_penalty))
+            options=translate_pb2.DecodeOptions(beam=beam, max_length=max_length, length_penalty=length_penalty,
+                                                max_tokens_per_message=max_tokens_per_message))
         return self.translation.Translate(request, timeout=self.timeout)
+
+    def translate_tokens(self, text: str, **options: Any) -> Iterator[translate_pb2.TranslateToken]:
+        """``translate``'s tokens one by one, as their updates arrive."""
+        for update in self.translate(text, **options):
+            yield from update.tokens
 
     def translate_batch(self, texts: list[str], beam: int = 1, model: str = "translation", version: int = 0
                         ) -> translate_pb2.TranslateBatchResponse:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +27,9 @@ import onnxruntime as ort
 from server.config import Config
 from server.metrics import Metrics
 from server.repository import Model, load_repository
+
+if TYPE_CHECKING:
+    from server.generation import Generator
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,11 @@ def providers(config: Config) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def session_device(session: ort.InferenceSession) -> str:
+    """Where the session's tensors live: ``cuda`` when its first provider is CUDA, else ``cpu``."""
+    return "cuda" if session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+
+
 def session_factory(config: Config):
     """ONNX Runtime sessions tuned for small recurrent steps (see docs/server.md)."""
 
@@ -57,6 +65,17 @@ def session_factory(config: Config):
         return ort.InferenceSession(str(path), options, providers=providers(config))
 
     return make
+
+
+def initial_value(spec: dict[str, Any], sources: dict[str, Arrays] | None) -> Any:
+    """A state's ``initial``: a number, or a row of another graph's output (``sources[graph][output]``)."""
+    initial = spec["initial"]
+    return sources[initial["graph"]][initial["output"]] if isinstance(initial, dict) else initial
+
+
+def stream_context(model: Model, graph: str, sources: dict[str, Arrays]) -> Arrays:
+    """A stream's context tensors for ``graph``, taken from other graphs' outputs (one row each)."""
+    return {c["input"]: sources[c["from"]["graph"]][c["from"]["output"]][0] for c in model.context(graph)}
 
 
 class StatePool:
@@ -73,16 +92,16 @@ class StatePool:
         self.running: set[int] = set()
         self.deferred: list[int] = []
 
-    def acquire(self, rows: int, sources: dict[str, Arrays] | None = None) -> np.ndarray:
-        """``rows`` free slots, set to each state's ``initial`` (a number or a row of ``sources[graph][output]``)."""
+    def acquire(self, rows: int) -> np.ndarray:
+        """``rows`` free slots, or ``Overloaded``: the graph's limit on open streams (``max_streams``)."""
         if len(self.free) < rows:
             raise Overloaded(f"all {len(self.arrays[self.specs[0]['input']])} state slots are in use")
-        slots = np.array([self.free.pop() for _ in range(rows)], dtype=np.int64)
+        return np.array([self.free.pop() for _ in range(rows)], dtype=np.int64)
+
+    def initialize(self, slots: np.ndarray, sources: dict[str, Arrays] | None = None) -> None:
+        """Set each state of ``slots`` to its ``initial`` value."""
         for spec in self.specs:
-            initial = spec["initial"]
-            value = sources[initial["graph"]][initial["output"]] if isinstance(initial, dict) else initial
-            self.arrays[spec["input"]][slots] = value
-        return slots
+            self.arrays[spec["input"]][slots] = initial_value(spec, sources)
 
     def release(self, slots: np.ndarray) -> None:
         for slot in slots.tolist():
@@ -271,31 +290,32 @@ class ModelRunner:
         graphs = model.manifest["graphs"]
         self.pools = {g: StatePool(model.state(g), config.max_streams) for g in graphs if model.state(g)}
         self.schedulers = {g: GraphScheduler(model, g, self.pools.get(g), config, metrics) for g in graphs}
+        self.generators: list[Generator] = []  # added by the task modules that decode in the engine
 
     def warm_up(self) -> None:
         for scheduler in self.schedulers.values():
             scheduler.warm_up()
 
     def start(self) -> None:
-        for scheduler in self.schedulers.values():
+        for scheduler in [*self.schedulers.values(), *self.generators]:
             scheduler.start()
 
     async def stop(self) -> None:
-        await asyncio.gather(*(s.stop() for s in self.schedulers.values()))
+        await asyncio.gather(*(s.stop() for s in [*self.schedulers.values(), *self.generators]))
 
     @contextmanager
     def open(self, graph: str, rows: int = 1, sources: dict[str, Arrays] | None = None) -> Iterator[np.ndarray]:
         """State slots for one stream of ``graph``, released when the block ends however it ends."""
         pool = self.pools[graph]
-        slots = pool.acquire(rows, sources)
+        slots = pool.acquire(rows)
         try:
+            pool.initialize(slots, sources)
             yield slots
         finally:
             pool.release(slots)
 
     def context(self, graph: str, sources: dict[str, Arrays]) -> Arrays:
-        """A stream's context tensors for ``graph``, taken from other graphs' outputs (one row each)."""
-        return {c["input"]: sources[c["from"]["graph"]][c["from"]["output"]][0] for c in self.model.context(graph)}
+        return stream_context(self.model, graph, sources)
 
     async def run(self, graph: str, inputs: Arrays, slots: np.ndarray | None = None,
                   context: Arrays | None = None) -> Arrays:

@@ -21,6 +21,7 @@ from server.config import Config
 from server.engine import Arrays, ModelRunner
 from server.gen.seqserve.v1 import translate_pb2 as pb
 from server.gen.seqserve.v1 import translate_pb2_grpc
+from server.generation import Generator
 from server.metrics import Metrics
 from server.rpc import Call, Runners, check_count, check_text, invalid, resolve, rpc
 from server.subword import SubwordBPE
@@ -44,6 +45,8 @@ class Translator:
         self.tokenizer = SubwordBPE(runner.model.path / pre["subwords"])
         self.bos, self.eos, self.suffix = pre["bos_id"], pre["eos_id"], pre["source_suffix"]
         self.max_length, self.length_penalty = pre["max_length"], pre["length_penalty"]
+        self.generator = Generator(runner.schedulers[STEP], ["log_probs", "attention"], self.pick)
+        runner.generators.append(self.generator)
 
     async def encode(self, text: str) -> tuple[list[int], dict[str, Arrays]]:
         ids = [*self.tokenizer.encode(text), *self.suffix][: self.max_length]
@@ -51,18 +54,23 @@ class Translator:
                                                 "src_lengths": np.array([len(ids)], dtype=np.int64)})
         return ids, {"encoder": out}
 
-    async def greedy(self, sources: dict[str, Arrays], limit: int) -> AsyncIterator[Token]:
-        """Tokens as they are decoded (EOS not included)."""
-        context = self.runner.context(STEP, sources)
-        with self.runner.open(STEP, 1, sources) as slots:
-            prev = self.bos
-            for t in range(limit):
-                out = await self.runner.run(STEP, {"prev_tokens": np.array([prev], dtype=np.int64)}, slots, context)
-                log_probs = out["log_probs"][0]
-                prev = int(np.argmax(log_probs)) if t + 1 < limit else self.eos
-                if prev == self.eos:
-                    return
-                yield Token(prev, float(log_probs[prev]), out["attention"][0])
+    def pick(self, outputs: Arrays, steps: np.ndarray, limits: np.ndarray
+             ) -> tuple[Arrays, list[Token | None], np.ndarray]:
+        """In the generator's thread: every row's most likely token, EOS at its last step (EOS not emitted)."""
+        log_probs = outputs["log_probs"]
+        tokens = np.where(steps + 1 < limits, log_probs.argmax(-1), self.eos)
+        done = tokens == self.eos
+        chosen = log_probs[np.arange(len(tokens)), tokens].tolist()
+        results = [None if end else Token(token, log_prob, attention)
+                   for token, log_prob, attention, end in zip(tokens.tolist(), chosen, outputs["attention"],
+                                                              done.tolist(), strict=True)]
+        return {"prev_tokens": tokens.astype(np.int64)}, results, done
+
+    async def greedy(self, sources: dict[str, Arrays], limit: int, most: int) -> AsyncIterator[list[Token]]:
+        """Tokens as they are decoded, up to ``most`` per list (EOS not included)."""
+        with self.generator.open(sources, {"prev_tokens": np.array([self.bos], dtype=np.int64)}, limit) as sequence:
+            async for tokens in sequence.chunks(most):
+                yield tokens
 
     async def beam(self, sources: dict[str, Arrays], limit: int, width: int, penalty: float) -> list[Token]:
         """The best hypothesis of a beam search over ``width`` rows of state (EOS not included)."""
@@ -115,17 +123,19 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
         max_length = options.max_length or min(translator.max_length, self.config.max_decode_len)
         return options.beam or 1, max_length, penalty
 
-    async def _decode(self, translator: Translator, text: str, options: pb.DecodeOptions
-                      ) -> tuple[list[int], AsyncIterator[Token]]:
+    async def _decode(self, translator: Translator, text: str, options: pb.DecodeOptions, most: int = 1
+                      ) -> tuple[list[int], AsyncIterator[list[Token]]]:
+        """The source ids and the output tokens, up to ``most`` per list."""
         beam, max_length, penalty = self._options(translator, options)
         ids, sources = await translator.encode(text)
         limit = min(2 * len(ids) + 10, max_length)
         if beam == 1:
-            return ids, translator.greedy(sources, limit)
+            return ids, translator.greedy(sources, limit, most)
 
-        async def at_the_end() -> AsyncIterator[Token]:
-            for token in await translator.beam(sources, limit, beam, penalty):
-                yield token
+        async def at_the_end() -> AsyncIterator[list[Token]]:
+            tokens = await translator.beam(sources, limit, beam, penalty)
+            for start in range(0, len(tokens), most):
+                yield tokens[start : start + most]
 
         return ids, at_the_end()
 
@@ -133,16 +143,20 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
     async def Translate(self, request: pb.TranslateRequest, context, call: Call) -> None:
         runner = call.use(resolve(self.runners, request.model, "translation"))
         check_text("text", request.text, self.config.max_text_chars)
+        most = request.options.max_tokens_per_message or 1
+        check_count("options.max_tokens_per_message", most, 1, self.config.max_decode_len)
         translator = self.translators[id(runner)]
         call.stream_opened()
-        ids, tokens = await self._decode(translator, request.text, request.options)
-        source = [translator.tokenizer.piece(i) for i in ids]
-        async for token in tokens:
-            await context.write(pb.TranslateToken(piece=translator.tokenizer.piece(token.token_id),
-                                                  token_id=token.token_id, log_prob=token.log_prob,
-                                                  attention=token.attention.tolist(), source_tokens=source))
+        ids, chunks = await self._decode(translator, request.text, request.options, most)
+        piece = translator.tokenizer.piece
+        source = [piece(i) for i in ids]
+        async for tokens in chunks:
+            await context.write(pb.TranslateUpdate(
+                tokens=[pb.TranslateToken(piece=piece(t.token_id), token_id=t.token_id, log_prob=t.log_prob,
+                                          attention=t.attention[: len(ids)].tolist()) for t in tokens],
+                source_tokens=source))
             source = []
-            call.emitted()
+            call.emitted(len(tokens))
 
     @rpc("TranslateBatch")
     async def TranslateBatch(self, request: pb.TranslateBatchRequest, context, call: Call
@@ -154,8 +168,8 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
         translator = self.translators[id(runner)]
 
         async def one(text: str) -> pb.Translated:
-            _, tokens = await self._decode(translator, text, request.options)
-            decoded = [t async for t in tokens]
+            _, chunks = await self._decode(translator, text, request.options, self.config.max_decode_len)
+            decoded = [t async for tokens in chunks for t in tokens]
             ids = [t.token_id for t in decoded]
             return pb.Translated(text=translator.tokenizer.decode(ids), token_ids=ids,
                                  log_prob=sum(t.log_prob for t in decoded))

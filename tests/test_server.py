@@ -348,8 +348,13 @@ def test_forecast_equals_the_numpy_rollout(client: Client, data_dir: Path) -> No
 
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
 def test_translate(client: Client) -> None:
-    tokens = list(client.translate("The file could not be opened."))
-    assert tokens and len(tokens[0].source_tokens) >= 2
+    updates = list(client.translate("The file could not be opened."))
+    assert all(len(u.tokens) == 1 for u in updates) and len(updates[0].source_tokens) >= 2
+    assert not any(u.source_tokens for u in updates[1:])
+    tokens = [t for u in updates for t in u.tokens]
+    packed = list(client.translate("The file could not be opened.", max_tokens_per_message=4))
+    assert all(1 <= len(u.tokens) <= 4 for u in packed)
+    assert [t for u in packed for t in u.tokens] == tokens
     assert all(math.isclose(sum(t.attention), 1.0, rel_tol=1e-4) for t in tokens)
     batch = client.translate_batch(["The file could not be opened."])
     assert list(batch.translations[0].token_ids) == [t.token_id for t in tokens]
@@ -371,7 +376,7 @@ def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running
 
     def translate(text: str) -> list[tuple[int, float]]:
         with Client(running.target, timeout=30) as client:
-            return [(t.token_id, t.log_prob) for t in client.translate(text)]
+            return [(t.token_id, t.log_prob) for t in client.translate_tokens(text)]
 
     solo = [translate(text) for text in texts]
     assert [[token for token, _ in tokens] for tokens in solo] == expected
