@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The benchmark on a CUDA machine, in one go (bench/RESULTS.md, "CUDA").
+#
+# Expects: python3 with numpy (and torch for the (c) baseline), the onnxruntime-gpu wheel's parts
+# in /tmp/w (../shared/device/prepare-ort-gpu.sh splits it), the wheels of grpcio, protobuf and
+# prometheus-client in .whl/extra, the generated protos in server/gen, and the bench's data and
+# checkpoints (data/translation/pairs, data/sentiment, runs/*/model.pt). Writes under $OUT.
+set -uo pipefail
+out=${OUT:-/tmp/seqserve-cuda}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+cat /tmp/w/ortgpu.part0* > /tmp/w/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+  /tmp/w/onnxruntime_gpu-*.whl .whl/extra/*.whl 2>&1 | tail -3
+export PYTHONPATH=/tmp/site:$PWD
+site_packages=$(python3 -c "import site; print(site.getsitepackages()[0])")
+LD_LIBRARY_PATH=$(ls -d "$site_packages"/nvidia/*/lib | tr '\n' ':')${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH
+
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  nproc
+  python3 -c "import onnxruntime as o, grpc, google.protobuf as p, numpy as n, torch as t
+print('onnxruntime', o.__version__, o.get_available_providers(), 'grpcio', grpc.__version__,
+      'protobuf', p.__version__, 'numpy', n.__version__, 'torch', t.__version__)"
+} 2>&1 | tee "$out/machine.txt"
+
+# The server and the (a) loop pick CUDA by themselves (providers "auto"); (c) stays PyTorch eager on the CPU.
+timeout 330 python3 -m bench --tasks translation sentiment --json "$out/results_cuda.json" 2>&1 | tee "$out/bench.log"
+# The GPU has room for larger batches than the CPU default of 64: the server with max_batch 256.
+timeout 120 python3 -m bench --tasks translation --streams 256 --server-max-batch 256 \
+  --json "$out/results_cuda_batch256.json" 2>&1 | tee "$out/bench_batch256.log"
