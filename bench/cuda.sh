@@ -27,7 +27,7 @@ print('onnxruntime', o.__version__, o.get_available_providers(), 'grpcio', grpc.
 } 2>&1 | tee "$out/machine.txt"
 
 # The server and the (a) loop pick CUDA by themselves (providers "auto"); (c) stays PyTorch eager on the CPU.
-timeout 330 python3 -m bench --tasks translation sentiment --json "$out/results_cuda.json" 2>&1 | tee "$out/bench.log"
+timeout 330 python3 -m bench --tasks translation --json "$out/results_cuda.json" 2>&1 | tee "$out/bench.log"
 # The GPU has room for larger batches than the CPU default of 64: the server with max_batch 256.
 timeout 120 python3 -m bench --tasks translation --streams 256 --server-max-batch 256 \
   --json "$out/results_cuda_batch256.json" 2>&1 | tee "$out/bench_batch256.log"
