@@ -135,12 +135,15 @@ class StepRequest:
     rows: int
     slots: np.ndarray | None = None
     context: Arrays | None = None  # one per-stream tensor per context input, repeated over the rows
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # None when the caller runs the batch itself (``GraphScheduler.run``) instead of awaiting it
+    future: asyncio.Future | None = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 def stack(parts: list[np.ndarray], pad: Any) -> np.ndarray:
     """Concatenate along axis 0, padding the other axes to the largest part with ``pad``."""
+    if len(parts) == 1:
+        return parts[0]
     shape = np.max([p.shape for p in parts], axis=0)
     if all(tuple(p.shape[1:]) == tuple(shape[1:]) for p in parts):
         return np.concatenate(parts)
@@ -199,16 +202,15 @@ class GraphScheduler:
             started = time.perf_counter()
             for request in batch:
                 self.metrics.queue_wait.labels(**self.labels).observe(started - request.enqueued)
-            self.metrics.batch_size.labels(**self.labels).observe(sum(r.rows for r in batch))
             try:
-                results = await loop.run_in_executor(self.executor, self._run, batch, slots)
+                results = await loop.run_in_executor(self.executor, self.run, batch, slots)
             except Exception as error:  # a failed run fails its requests, not the scheduler
                 log.exception("%s: step failed", self.labels)
                 results = [error] * len(batch)
             finally:
                 if self.pool:
                     self.pool.batch_done(slots)
-            self.metrics.step_duration.labels(**self.labels).observe(time.perf_counter() - started)
+            self.record(sum(r.rows for r in batch), started)
             for request, result in zip(batch, results, strict=True):
                 if request.future.done():
                     continue
@@ -238,8 +240,13 @@ class GraphScheduler:
         # A stream cancelled while queued (client gone, deadline) is dropped before the run.
         return [r for r in batch if not r.future.done()]
 
-    def _run(self, batch: list[StepRequest], slots: np.ndarray | None) -> list[Arrays]:
-        """In the graph's thread: gather, one ``run``, scatter the state, split the rest per request."""
+    def record(self, rows: int, started: float) -> None:
+        """The metrics of one batched step of ``rows`` rows that started at ``started``."""
+        self.metrics.batch_size.labels(**self.labels).observe(rows)
+        self.metrics.step_duration.labels(**self.labels).observe(time.perf_counter() - started)
+
+    def run(self, batch: list[StepRequest], slots: np.ndarray | None) -> list[Arrays]:
+        """Off the event loop: gather, one ``run``, scatter the state, split the rest per request."""
         feed = {name: stack([r.inputs[name] for r in batch], self.pad) for name in batch[0].inputs}
         if self.pool:
             feed |= {name: array[slots] for name, array in self.pool.arrays.items()}

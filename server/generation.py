@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.engine import Arrays, GraphScheduler, initial_value, session_device, stack, stream_context
+from server.engine import Arrays, ModelRunner, StepRequest, initial_value, session_device, stack, stream_context
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ END = object()  # after a sequence's last result
 class Sequence:
     """One stream's generation: where it starts, and the queue its results arrive in."""
 
-    state: Arrays  # every state input, one row
-    context: Arrays  # every context input, without the batch axis
+    sources: dict[str, Arrays]  # the inputs (one row) of each graph that its initial state and context come from
     inputs: Arrays  # the first step's plain inputs, one row
     limit: int  # steps at most
     results: asyncio.Queue = field(default_factory=asyncio.Queue)
@@ -89,16 +88,24 @@ class Batch:
 
 
 class Generator:
-    """Greedy-style generation over one graph of one model version; see the module docstring."""
+    """Greedy-style generation over one graph of one model version; see the module docstring.
 
-    def __init__(self, scheduler: GraphScheduler, reads: list[str], pick: Pick) -> None:
-        self.scheduler, self.reads, self.pick = scheduler, reads, pick
-        self.session = scheduler.session
+    A joining sequence first runs the graphs its initial state and context come from (the
+    manifest's ``initial`` and ``context.from``, the encoder for translation), batched with the
+    other sequences joining at that step, in this same thread: the prefill of a vLLM-style loop.
+    """
+
+    def __init__(self, runner: ModelRunner, graph: str, reads: list[str], pick: Pick) -> None:
+        self.scheduler = runner.schedulers[graph]
+        self.reads, self.pick = reads, pick
+        self.session = self.scheduler.session
         self.device = session_device(self.session)
-        self.specs = scheduler.model.state(scheduler.graph)
+        self.specs = runner.model.state(graph)
+        wired = [s["initial"]["graph"] for s in self.specs if isinstance(s["initial"], dict)]
+        wired += [c["from"]["graph"] for c in runner.model.context(graph)]
+        self.sources = {g: runner.schedulers[g] for g in dict.fromkeys(wired)}
         self.joining: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=f"generate-{scheduler.model.name}-{scheduler.graph}",
-                                       daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"generate-{runner.model.name}-{graph}", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -111,11 +118,9 @@ class Generator:
 
     @contextmanager
     def open(self, sources: dict[str, Arrays], inputs: Arrays, limit: int) -> Iterator[Sequence]:
-        """Start a sequence; it holds one of the graph's stream slots until the block ends, however it ends."""
-        state = {s["input"]: np.broadcast_to(initial_value(s, sources), (1, *s["shape"])).astype(s["dtype"])
-                 for s in self.specs}
-        context = stream_context(self.scheduler.model, self.scheduler.graph, sources)
-        sequence = Sequence(state, context, inputs, limit)
+        """Start a sequence from its source graphs' inputs (``{graph: {input: one row}}``); it holds one
+        of the graph's stream slots until the block ends, however it ends."""
+        sequence = Sequence(sources, inputs, limit)
         pool = self.scheduler.pool
         slots = pool.acquire(1)
         try:
@@ -169,10 +174,9 @@ class Generator:
             host_state = {name: value.numpy() for name, value in batch.state.items()}
             for name, rows in (host_state | batch.host_context | batch.inputs).items():
                 parts[name] = [rows[keep]]
-        for sequence in joined:
-            own_context = {name: row[None] for name, row in sequence.context.items()}
-            for name, rows in (sequence.state | sequence.inputs | own_context).items():
-                parts.setdefault(name, []).append(rows)
+        for sequence, rows in zip(joined, self._prefill(joined), strict=True):
+            for name, row in (rows | sequence.inputs).items():
+                parts.setdefault(name, []).append(row)
         pads = self.scheduler.context
         merged = {name: stack(rows, pads.get(name, self.scheduler.pad)) for name, rows in parts.items()}
         state = {s["input"]: merged.pop(s["input"]) for s in self.specs}
@@ -184,6 +188,25 @@ class Generator:
             np.concatenate([steps[1], np.array([s.limit for s in joined], dtype=np.int64)]),
             np.zeros(len(sequences), dtype=bool),
         ), waiting
+
+    def _prefill(self, joined: list[Sequence]) -> list[Arrays]:
+        """One batched run of each source graph over the joining sequences; each one's initial
+        state and context rows (context cut to the sequence's own length)."""
+        if not joined:
+            return []
+        outputs: dict[str, list[Arrays]] = {}
+        for graph, scheduler in self.sources.items():
+            started = time.perf_counter()
+            outputs[graph] = scheduler.run([StepRequest(s.sources[graph], 1, future=None) for s in joined], None)
+            scheduler.record(len(joined), started)
+        rows = []
+        for index in range(len(joined)):
+            sources = {graph: out[index] for graph, out in outputs.items()}
+            state = {s["input"]: np.broadcast_to(initial_value(s, sources), (1, *s["shape"])).astype(s["dtype"])
+                     for s in self.specs}
+            context = stream_context(self.scheduler.model, self.scheduler.graph, sources)
+            rows.append(state | {name: value[None] for name, value in context.items()})
+        return rows
 
     def _to_device(self, arrays: Arrays) -> dict[str, ort.OrtValue]:
         return {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0) for n, a in arrays.items()}

@@ -45,14 +45,14 @@ class Translator:
         self.tokenizer = SubwordBPE(runner.model.path / pre["subwords"])
         self.bos, self.eos, self.suffix = pre["bos_id"], pre["eos_id"], pre["source_suffix"]
         self.max_length, self.length_penalty = pre["max_length"], pre["length_penalty"]
-        self.generator = Generator(runner.schedulers[STEP], ["log_probs", "attention"], self.pick)
+        self.generator = Generator(runner, STEP, ["log_probs", "attention"], self.pick)
         runner.generators.append(self.generator)
 
-    async def encode(self, text: str) -> tuple[list[int], dict[str, Arrays]]:
+    def source(self, text: str) -> tuple[list[int], dict[str, Arrays]]:
+        """The source ids and the encoder's inputs for them."""
         ids = [*self.tokenizer.encode(text), *self.suffix][: self.max_length]
-        out = await self.runner.run("encoder", {"src_ids": np.array([ids], dtype=np.int64),
-                                                "src_lengths": np.array([len(ids)], dtype=np.int64)})
-        return ids, {"encoder": out}
+        return ids, {"encoder": {"src_ids": np.array([ids], dtype=np.int64),
+                                 "src_lengths": np.array([len(ids)], dtype=np.int64)}}
 
     def pick(self, outputs: Arrays, steps: np.ndarray, limits: np.ndarray
              ) -> tuple[Arrays, list[Token | None], np.ndarray]:
@@ -66,14 +66,15 @@ class Translator:
                                                               done.tolist(), strict=True)]
         return {"prev_tokens": tokens.astype(np.int64)}, results, done
 
-    async def greedy(self, sources: dict[str, Arrays], limit: int, most: int) -> AsyncIterator[list[Token]]:
-        """Tokens as they are decoded, up to ``most`` per list (EOS not included)."""
-        with self.generator.open(sources, {"prev_tokens": np.array([self.bos], dtype=np.int64)}, limit) as sequence:
+    async def greedy(self, inputs: dict[str, Arrays], limit: int, most: int) -> AsyncIterator[list[Token]]:
+        """Tokens as they are decoded, up to ``most`` per list (EOS not included); the generator encodes."""
+        with self.generator.open(inputs, {"prev_tokens": np.array([self.bos], dtype=np.int64)}, limit) as sequence:
             async for tokens in sequence.chunks(most):
                 yield tokens
 
-    async def beam(self, sources: dict[str, Arrays], limit: int, width: int, penalty: float) -> list[Token]:
+    async def beam(self, inputs: dict[str, Arrays], limit: int, width: int, penalty: float) -> list[Token]:
         """The best hypothesis of a beam search over ``width`` rows of state (EOS not included)."""
+        sources = {"encoder": await self.runner.run("encoder", inputs["encoder"])}
         context = self.runner.context(STEP, sources)
         scores = np.full(width, -np.inf)
         scores[0] = 0.0  # all rows start identical: expand only the first
@@ -123,17 +124,17 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
         max_length = options.max_length or min(translator.max_length, self.config.max_decode_len)
         return options.beam or 1, max_length, penalty
 
-    async def _decode(self, translator: Translator, text: str, options: pb.DecodeOptions, most: int = 1
-                      ) -> tuple[list[int], AsyncIterator[list[Token]]]:
+    def _decode(self, translator: Translator, text: str, options: pb.DecodeOptions, most: int = 1
+                ) -> tuple[list[int], AsyncIterator[list[Token]]]:
         """The source ids and the output tokens, up to ``most`` per list."""
         beam, max_length, penalty = self._options(translator, options)
-        ids, sources = await translator.encode(text)
+        ids, inputs = translator.source(text)
         limit = min(2 * len(ids) + 10, max_length)
         if beam == 1:
-            return ids, translator.greedy(sources, limit, most)
+            return ids, translator.greedy(inputs, limit, most)
 
         async def at_the_end() -> AsyncIterator[list[Token]]:
-            tokens = await translator.beam(sources, limit, beam, penalty)
+            tokens = await translator.beam(inputs, limit, beam, penalty)
             for start in range(0, len(tokens), most):
                 yield tokens[start : start + most]
 
@@ -147,7 +148,7 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
         check_count("options.max_tokens_per_message", most, 1, self.config.max_decode_len)
         translator = self.translators[id(runner)]
         call.stream_opened()
-        ids, chunks = await self._decode(translator, request.text, request.options, most)
+        ids, chunks = self._decode(translator, request.text, request.options, most)
         piece = translator.tokenizer.piece
         source = [piece(i) for i in ids]
         async for tokens in chunks:
@@ -168,7 +169,7 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
         translator = self.translators[id(runner)]
 
         async def one(text: str) -> pb.Translated:
-            _, chunks = await self._decode(translator, text, request.options, self.config.max_decode_len)
+            _, chunks = self._decode(translator, text, request.options, self.config.max_decode_len)
             decoded = [t async for tokens in chunks for t in tokens]
             ids = [t.token_id for t in decoded]
             return pb.Translated(text=translator.tokenizer.decode(ids), token_ids=ids,
