@@ -109,7 +109,10 @@ def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summa
     with load.serving(args.models, 1, extra, program=program) as served:
         each_n("(b) server max_batch=1", lambda w: streams(served, w))
     each_n("(a) ort", ort)
-    each_n("(c) torch", naive, warm_cap=8)  # batch 1 whatever N: a short warm-up suffices
+    if checkpoint.is_file():
+        each_n("(c) torch", naive, warm_cap=8)  # batch 1 whatever N: a short warm-up suffices
+    else:
+        print(f"  (c) torch: no checkpoint {checkpoint}: skipped", flush=True)
     return results
 
 

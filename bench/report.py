@@ -42,7 +42,7 @@ def ratio_table(results: dict[str, dict[int, Summary]]) -> str:
     servers = [name for name in results if name not in BASELINES]
     for n in sorted(results["server"]):
         for system in servers:
-            for name in BASELINES:
+            for name in [b for b in BASELINES if b in results]:
                 s, b = results[system][n], results[name][n]
                 cells = [s.tokens_per_s / b.tokens_per_s] + [
                     getattr(s, f) / getattr(b, f) if getattr(s, f) > 0 and getattr(b, f) > 0 else math.nan
