@@ -25,7 +25,14 @@ from server.app import Server
 from server.config import Config, load_config
 from server.gen.grpc.health.v1 import health_pb2
 from server.gen.grpc.reflection.v1 import reflection_pb2, reflection_pb2_grpc
-from server.gen.seqserve.v1 import common_pb2, forecast_pb2, sentiment_pb2, sentiment_pb2_grpc
+from server.gen.seqserve.v1 import (
+    common_pb2,
+    forecast_pb2,
+    sentiment_pb2,
+    sentiment_pb2_grpc,
+    translate_pb2,
+    translate_pb2_grpc,
+)
 from server.repository import load_model
 from training.forecast_data import HORIZON, load_panel
 from training.translation_data import read_tsv
@@ -162,6 +169,8 @@ def test_stream_sentiment_holds_split_words(client: Client) -> None:
     (lambda c: c.classify(["ok"], model="nope"), "model.name 'nope' is not loaded"),
     (lambda c: c.classify(["ok"], version=999), "model.version 999 of 'sentiment' is not loaded"),
     (lambda c: list(c.forecast([1.0, math.nan], 3, model="sentiment")), "is a sentiment model"),
+    (lambda c: list(c.translate("Open the file.", max_tokens_per_message=-1)),
+     "options.max_tokens_per_message is -1, it must be between 1 and 200"),
 ])
 def test_bad_input(client: Client, call, field: str) -> None:
     with pytest.raises(grpc.RpcError) as error:
@@ -390,3 +399,49 @@ def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running
     for alone, among in zip(solo, together, strict=True):
         assert [token for token, _ in among] == [token for token, _ in alone]
         np.testing.assert_allclose([p for _, p in among], [p for _, p in alone], atol=1e-4)
+
+
+@pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
+def test_translate_cancel_frees_the_generator_slot(running: Running) -> None:
+    """A greedy stream cancelled mid-way leaves the generator's batch and gives its slot back."""
+    text = "Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard."
+
+    async def cancel_midway() -> None:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            request = translate_pb2.TranslateRequest(model=common_pb2.ModelRef(name="translation"), text=text)
+            call = translate_pb2_grpc.TranslationStub(channel).Translate(request)
+            await call.read()
+            assert running.sample("seqserve_active_streams", method="Translate") == 1
+            call.cancel()
+
+    assert wait_for(lambda: running.sample("seqserve_active_streams", method="Translate") == 0)
+    cancelled = running.sample("seqserve_sessions_ended_total", method="Translate", reason="cancelled")
+    asyncio.run(cancel_midway())
+    assert wait_for(lambda: running.sample("seqserve_active_streams", method="Translate") == 0)
+    assert wait_for(lambda: running.in_use() == 0)
+    assert wait_for(lambda: running.sample("seqserve_sessions_ended_total", method="Translate",
+                                           reason="cancelled") == cancelled + 1)
+    with Client(running.target, timeout=30) as client:  # the generator keeps serving
+        assert list(client.translate_tokens("Open the file."))
+
+
+@pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
+def test_generator_keeps_to_max_batch() -> None:
+    small = Running(replace(CONFIG, max_batch=2))
+    try:
+        texts = ["Open the file.", "Close the window.", "Save the document.", "Print the page.",
+                 "Insert a table.", "Delete the row."]
+
+        def translate(text: str) -> list[int]:
+            with Client(small.target, timeout=30) as client:
+                return [t.token_id for t in client.translate_tokens(text)]
+
+        with ThreadPoolExecutor(len(texts)) as pool:
+            together = list(pool.map(translate, texts))
+        assert together == [translate(text) for text in texts]
+        steps = small.sample("seqserve_batch_size_count", graph="decoder_step")
+        assert steps > 0
+        # every step of the generator had at most 2 rows: the le="2.0" bucket holds them all
+        assert small.sample("seqserve_batch_size_bucket", graph="decoder_step", le="2.0") == steps
+    finally:
+        small.stop()
