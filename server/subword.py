@@ -6,7 +6,7 @@ encodes and decodes with it in plain Python, so the server keeps to its five dep
 
 Encoding repeats sentencepiece's BPE: normalise (NFKC, collapse whitespace), mark word starts
 with ``▁``, start from single characters, and merge the adjacent pair whose union is the
-highest-scoring piece (leftmost on ties) until none is left. A character outside the
+highest-scoring piece (leftmost on ties) until none is left, word by word. A character outside the
 vocabulary becomes ``unk_id``, and adjacent unknowns form one ``unk``, as in sentencepiece.
 """
 
@@ -19,6 +19,8 @@ from pathlib import Path
 
 WORD_START = "\u2581"
 NORMAL = 1  # sentencepiece piece type of ordinary pieces; control (3) and unknown (2) never match text
+WORDS = re.compile(f"{WORD_START}[^{WORD_START}]*|[^{WORD_START}]+")  # a normalised text's words
+CACHE_WORDS = 100_000  # words whose ids are kept
 
 
 class SubwordBPE:
@@ -32,13 +34,30 @@ class SubwordBPE:
         self.unk_id = spec["unk_id"]
         self.add_dummy_prefix = spec.get("add_dummy_prefix", True)
         self.control = {i for i, (_, _, kind) in enumerate(spec["pieces"]) if kind != NORMAL}
+        if spanning := [piece for piece in self.ids if WORD_START in piece[1:]]:
+            raise ValueError(f"{path}: pieces {spanning[:3]} span words; word-by-word encoding needs none")
+        self.cache: dict[str, tuple[int, ...]] = {}
 
     def normalize(self, text: str) -> str:
         text = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
         return (WORD_START if self.add_dummy_prefix and text else "") + text.replace(" ", WORD_START)
 
     def encode(self, text: str) -> list[int]:
-        symbols = list(self.normalize(text))
+        ids: list[int] = []
+        for word in WORDS.findall(self.normalize(text)):
+            for token in self._word(word):
+                if not (token == self.unk_id and ids and ids[-1] == self.unk_id):
+                    ids.append(token)
+        return ids
+
+    def _word(self, word: str) -> tuple[int, ...]:
+        """One word's ids. Pieces never contain a word start after their first character (checked on
+        load), so no merge crosses words: encoding word by word gives the whole text's merges, and
+        the words, which repeat, are cached."""
+        cached = self.cache.get(word)
+        if cached is not None:
+            return cached
+        symbols = list(word)
         while len(symbols) > 1:
             best, best_score = -1, float("-inf")
             for i in range(len(symbols) - 1):
@@ -48,11 +67,9 @@ class SubwordBPE:
             if best < 0:
                 break
             symbols[best : best + 2] = [symbols[best] + symbols[best + 1]]
-        ids: list[int] = []
-        for symbol in symbols:
-            token = self.ids.get(symbol, self.unk_id)
-            if not (token == self.unk_id and ids and ids[-1] == self.unk_id):
-                ids.append(token)
+        ids = tuple(self.ids.get(symbol, self.unk_id) for symbol in symbols)
+        if len(self.cache) < CACHE_WORDS:
+            self.cache[word] = ids
         return ids
 
     def piece(self, token_id: int) -> str:
