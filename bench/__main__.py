@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--repeats-large", type=int, default=3, help="repeats when N > 64 (fewer to save time)")
     p.add_argument("--models", type=Path, default=Path("models"))
-    p.add_argument("--server-max-batch", type=int, default=64, help="the server's max_batch (its default)")
+    p.add_argument("--server-max-batch", type=int, default=256, help="the server's max_batch (its default)")
     p.add_argument(
         "--wait-for-translation",
         type=float,

@@ -4,8 +4,8 @@
 # Expects: python3 with numpy (and torch for the (c) baseline), the onnxruntime-gpu wheel's parts
 # in /tmp/w (../shared/device/prepare-ort-gpu.sh splits it), the wheels of grpcio, protobuf and
 # prometheus-client in .whl/extra, the generated protos in server/gen, and the bench's data and
-# checkpoints (data/translation/pairs, data/sentiment, runs/*/model.pt; without a checkpoint the (c)
-# baseline of its task is skipped). Writes under $OUT.
+# checkpoints (data/translation/pairs, data/sentiment, data/forecast for the tests, runs/*/model.pt;
+# without a checkpoint the (c) baseline of its task is skipped). Writes under $OUT.
 set -uo pipefail
 out=${OUT:-/tmp/seqserve-cuda}
 mkdir -p "$out"
@@ -27,9 +27,11 @@ print('onnxruntime', o.__version__, o.get_available_providers(), 'grpcio', grpc.
       'protobuf', p.__version__, 'numpy', n.__version__, 'torch', t.__version__)"
 } 2>&1 | tee "$out/machine.txt"
 
-# The server and the (a) loop pick CUDA by themselves (providers "auto"); (c) stays PyTorch eager on the CPU
+# The server's end-to-end tests with the server on CUDA (providers "auto"): batched = solo, greedy =
+# export/check_shipped.py's CPU loop token for token, cancellation, limits. server/gen is carried
+# (no grpcio-tools there): mark it current.
+touch server/gen/.generated
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_server.py 2>&1 | tee "$out/tests_cuda.log"
+# The server and the (a) loop pick CUDA by themselves; (c) stays PyTorch eager on the CPU
 # (skipped for a task whose checkpoint was not brought along).
 timeout 330 python3 -m bench --tasks translation sentiment --json "$out/results_cuda.json" 2>&1 | tee "$out/bench.log"
-# The GPU has room for larger batches than the CPU default of 64: the server with max_batch 256.
-timeout 120 python3 -m bench --tasks translation --streams 256 --server-max-batch 256 \
-  --json "$out/results_cuda_batch256.json" 2>&1 | tee "$out/bench_batch256.log"
