@@ -34,4 +34,4 @@ touch server/gen/.generated
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_server.py 2>&1 | tee "$out/tests_cuda.log"
 # The server and the (a) loop pick CUDA by themselves; (c) stays PyTorch eager on the CPU
 # (skipped for a task whose checkpoint was not brought along).
-timeout 200 python3 -m bench --tasks translation sentiment --json "$out/results_cuda.json" 2>&1 | tee "$out/bench.log"
+timeout 200 python3 -m bench --tasks ${BENCH_TASKS:-translation sentiment} --json "$out/results_cuda.json" 2>&1 | tee "$out/bench.log"

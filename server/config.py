@@ -34,6 +34,10 @@ class Config:
     # ONNX Runtime's intra-op threads spin-wait between runs by default; on few cores that takes
     # CPU from the event loop (off measured 26-62 % less CPU per token, bench/RESULTS.md).
     ort_spinning: bool = False
+    # TF32 matrix products on CUDA (ONNX Runtime's default) changed a stream's log-probabilities by
+    # up to 1.4e-3 between batch sizes on an H100 (bench/cuda/tests_cuda.log): off, batching does
+    # not change results.
+    cuda_tf32: bool = False
     max_streams: int = 256  # open streams (state slots) per model version
     max_queue: int = 1024  # pending steps per graph before RESOURCE_EXHAUSTED
     idle_timeout_s: float = 60.0  # a bidirectional stream with no message for this long is ended

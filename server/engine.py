@@ -40,11 +40,15 @@ class Overloaded(RuntimeError):
     """No free state slot or a full queue: the client should retry later (RESOURCE_EXHAUSTED)."""
 
 
-def providers(config: Config) -> list[str]:
+def providers(config: Config) -> list[str | tuple[str, dict[str, str]]]:
+    """The configured providers; CUDA without TF32 unless ``cuda_tf32`` (see ``Config``)."""
     if config.providers != "auto":
-        return [p.strip() for p in config.providers.split(",") if p.strip()]
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        names = [p.strip() for p in config.providers.split(",") if p.strip()]
+    else:
+        available = ort.get_available_providers()
+        names = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    cuda = {"use_tf32": "1" if config.cuda_tf32 else "0"}
+    return [(name, cuda) if name == "CUDAExecutionProvider" else name for name in names]
 
 
 def session_device(session: ort.InferenceSession) -> str:

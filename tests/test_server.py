@@ -23,6 +23,7 @@ from client.__main__ import main as cli
 from export.check_shipped import forecast_quantiles, translation_greedy, translation_sources
 from server.app import Server
 from server.config import Config, load_config
+from server.engine import providers
 from server.gen.grpc.health.v1 import health_pb2
 from server.gen.grpc.reflection.v1 import reflection_pb2, reflection_pb2_grpc
 from server.gen.seqserve.v1 import (
@@ -445,3 +446,11 @@ def test_generator_keeps_to_max_batch() -> None:
         assert small.sample("seqserve_batch_size_bucket", graph="decoder_step", le="2.0") == steps
     finally:
         small.stop()
+
+
+def test_cuda_provider_options() -> None:
+    """CUDA sessions run without TF32 unless asked: with it, batching changed results on an H100."""
+    both = "CUDAExecutionProvider,CPUExecutionProvider"
+    assert providers(Config(providers=both)) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert providers(Config(providers=both, cuda_tf32=True))[0] == ("CUDAExecutionProvider", {"use_tf32": "1"})
+    assert providers(Config(providers="CPUExecutionProvider")) == ["CPUExecutionProvider"]
