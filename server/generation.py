@@ -227,15 +227,14 @@ class Generator:
         batch.inputs, results, batch.done = self.pick({n: outputs[n].numpy() for n in self.reads}, batch.steps,
                                                       batch.limits)
         batch.steps += 1
-        labels = self.scheduler.labels
-        self.scheduler.metrics.batch_size.labels(**labels).observe(len(batch.sequences))
-        self.scheduler.metrics.step_duration.labels(**labels).observe(time.perf_counter() - started)
+        self.scheduler.record(len(batch.sequences), started)
         items = [(s, r) for s, r in zip(batch.sequences, results, strict=True) if r is not None]
         items += [(s, END) for s, done in zip(batch.sequences, batch.done.tolist(), strict=True) if done]
         self.loop.call_soon_threadsafe(deliver, items)
 
-    def _fail(self, batch: Batch | None, joined: list[Sequence], error: Exception) -> None:
-        sequences = (batch.sequences if batch else []) + joined
+    def _fail(self, batch: Batch | None, others: list[Sequence], error: Exception) -> None:
+        """Every sequence of ``batch`` and ``others`` ends with ``error``."""
+        sequences = (batch.sequences if batch else []) + others
         self.loop.call_soon_threadsafe(deliver, [(s, error) for s in sequences])
 
 
