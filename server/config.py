@@ -25,8 +25,8 @@ class Config:
     providers: str = "auto"  # "auto" (CUDA when present, else CPU) or a comma list of ORT providers
     intra_op_threads: int = 2  # 2 measured best for one step on 2 cores
     inter_op_threads: int = 1
-    # Rows per batched step. At 256 translation streams, 256 beat 64 on the 2-core CPU (~6,300 vs
-    # ~4,800 tokens/s) and on an H100 (8,502 vs 6,705): bigger steps cost less per row (bench/RESULTS.md).
+    # Rows per batched step. At 256 translation streams, 256 beat 64 on the 2-core CPU (4,738 vs 3,807
+    # tokens/s) and on an H100 (8,502 vs 6,705): bigger steps cost less per row (bench/RESULTS.md).
     max_batch: int = 256
     # How long a step waits for more streams once one is ready. 0 runs whatever is queued at
     # once: on 2 cores it beat 2 ms at every concurrency measured (bench/RESULTS.md).
