@@ -4,16 +4,16 @@ FROM python:3.11-slim AS protos
 WORKDIR /src
 RUN pip install --no-cache-dir "grpcio-tools>=1.60"
 COPY protos protos
-COPY server/protos.py server/protos.py
-RUN touch server/__init__.py && python -m server.protos
+RUN python -m protos.generate
 
 FROM python:3.11-slim
 WORKDIR /app
 RUN pip install --no-cache-dir "numpy>=1.26" "onnxruntime>=1.18" "grpcio>=1.60" "protobuf>=4.25" \
-    "prometheus-client>=0.20"
+    "prometheus-client>=0.20" "grpcio-health-checking>=1.60" "grpcio-reflection>=1.60" "sentencepiece>=0.2"
+COPY contract contract
 COPY server server
 COPY client client
-COPY --from=protos /src/server/gen server/gen
+COPY --from=protos /src/protos protos
 COPY models models
 EXPOSE 50051 9100
 USER nobody

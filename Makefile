@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[train,dev]'
-	$(PY) -m server.protos
+	$(PY) -m protos.generate
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,18 +48,18 @@ models: train-sentiment train-forecast train-translate
 check-models: data
 	$(PY) -m export.check_shipped models
 
-# Regenerate the gRPC code (server/gen/, git-ignored) after editing protos/.
+# Regenerate the gRPC code (protos/seqserve/v1/, git-ignored) after editing protos/.
 protos: $(STAMP)
-	$(PY) -m server.protos
+	$(PY) -m protos.generate
 
 # The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on :9100.
 serve: $(STAMP)
-	$(PY) -m server.protos
+	$(PY) -m protos.generate
 	$(PY) -m server --models models --port 50051 --metrics-port 9100
 
 # Load benchmark: the server against in-process ONNX Runtime, max_batch=1 and PyTorch loops (bench/RESULTS.md).
 bench: data
-	$(PY) -m server.protos
+	$(PY) -m protos.generate
 	$(PY) -m bench
 
 clean:

@@ -30,7 +30,7 @@ print('onnxruntime', o.__version__, o.get_available_providers(), 'grpcio', grpc.
 # The server's end-to-end tests with the server on CUDA (providers "auto"): batched = solo, greedy =
 # export/check_shipped.py's CPU loop token for token, cancellation, limits. server/gen is carried
 # (no grpcio-tools there): mark it current.
-touch server/gen/.generated
+touch protos/seqserve/v1/.generated
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_server.py 2>&1 | tee "$out/tests_cuda.log"
 # The server and the (a) loop pick CUDA by themselves; (c) stays PyTorch eager on the CPU
 # (skipped for a task whose checkpoint was not brought along).

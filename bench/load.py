@@ -25,8 +25,8 @@ import grpc
 
 from bench.stats import Run
 from bench.workloads import Workload
-from server.gen.grpc.health.v1 import health_pb2, health_pb2_grpc
-from server.gen.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
 
 STREAMS_PER_CHANNEL = 64  # HTTP/2 connections share the load the way several clients would
 STEP_GRAPH = {"translation": "decoder_step", "sentiment": "step"}

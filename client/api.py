@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 
-from server.gen.grpc.health.v1 import health_pb2, health_pb2_grpc
-from server.gen.seqserve.v1 import (
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from protos.seqserve.v1 import (
     common_pb2,
     forecast_pb2,
     forecast_pb2_grpc,

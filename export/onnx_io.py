@@ -11,10 +11,10 @@ from typing import Any
 import onnx
 import torch
 
+from contract.manifest import MANIFEST_FORMAT
 from training.common import git_commit, write_json
 
 OPSET = 18
-MANIFEST_FORMAT = "seqserve-manifest/1"
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.INT64: "int64",

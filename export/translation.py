@@ -11,6 +11,7 @@ server's plain-Python tokenizer (``server/subword.py``), not as ``spm.model``.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import onnx
 import torch
 from torch import nn
 
+from contract.translation import OutputLength
 from export.onnx_io import describe_graph, export_graph, write_manifest
 from export.subword import write_pieces
 from training.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -130,9 +132,7 @@ def export(checkpoint: Path, out_dir: Path, metrics: dict[str, Any]) -> Path:
             "subwords": "pieces.json",
             "pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
             "source_suffix": [EOS_ID],
-            "max_length": max_length,
-            "length_rule": "source = (pieces + [eos_id])[:max_length]; at most min(2 * len(source) + 10, max_length) "
-                           "output tokens, EOS included (the last one is forced to EOS)",
+            "output_length": asdict(OutputLength(max_length=max_length)),
             "length_penalty": float(metrics.get("args", {}).get("length_penalty", 1.0)),
             "beam": int(metrics.get("args", {}).get("beam", 5)),
         },

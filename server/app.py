@@ -11,8 +11,8 @@ from server.catalog import HealthService, ModelsService, ReflectionService
 from server.config import Config
 from server.engine import ModelRunner, load_runners
 from server.forecast import ForecastService
-from server.gen.grpc.health.v1 import health_pb2, health_pb2_grpc
-from server.gen.seqserve.v1 import forecast_pb2_grpc, models_pb2_grpc, sentiment_pb2_grpc, translate_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from protos.seqserve.v1 import forecast_pb2_grpc, models_pb2_grpc, sentiment_pb2_grpc, translate_pb2_grpc
 from server.metrics import Metrics
 from server.sentiment import SentimentService
 from server.translation import TranslationService

@@ -11,9 +11,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 
 from server.config import Config
 from server.engine import ModelRunner
-from server.gen.grpc.health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from server.gen.grpc.reflection.v1 import reflection_pb2 as rpb
-from server.gen.seqserve.v1 import models_pb2, models_pb2_grpc
+from protos.seqserve.v1 import models_pb2, models_pb2_grpc
 from server.metrics import Metrics
 from server.rpc import Call, Runners, lookup, rpc
 

@@ -23,8 +23,8 @@ import numpy as np
 
 from server.config import Config
 from server.engine import ModelRunner
-from server.gen.seqserve.v1 import forecast_pb2 as pb
-from server.gen.seqserve.v1 import forecast_pb2_grpc
+from protos.seqserve.v1 import forecast_pb2 as pb
+from protos.seqserve.v1 import forecast_pb2_grpc
 from server.metrics import Metrics
 from server.repository import ManifestError, Model
 from server.rpc import Call, Runners, check_count, check_finite, invalid, read, resolve, rpc

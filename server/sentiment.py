@@ -8,8 +8,8 @@ import numpy as np
 
 from server.config import Config
 from server.engine import ModelRunner
-from server.gen.seqserve.v1 import sentiment_pb2 as pb
-from server.gen.seqserve.v1 import sentiment_pb2_grpc
+from protos.seqserve.v1 import sentiment_pb2 as pb
+from protos.seqserve.v1 import sentiment_pb2_grpc
 from server.metrics import Metrics
 from server.rpc import Call, Runners, check_count, check_text, invalid, read, resolve, rpc
 from server.tokenizers import IncrementalWords, WordTokenizer

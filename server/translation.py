@@ -19,8 +19,8 @@ import numpy as np
 
 from server.config import Config
 from server.engine import Arrays, ModelRunner
-from server.gen.seqserve.v1 import translate_pb2 as pb
-from server.gen.seqserve.v1 import translate_pb2_grpc
+from protos.seqserve.v1 import translate_pb2 as pb
+from protos.seqserve.v1 import translate_pb2_grpc
 from server.generation import Generator
 from server.metrics import Metrics
 from server.rpc import Call, Runners, check_count, check_text, invalid, resolve, rpc

@@ -14,6 +14,6 @@ def data_dir() -> Path:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """The gRPC code is generated, never committed: make it on a fresh clone before collection."""
-    from server.protos import ensure_generated
+    from protos.generate import ensure_generated
 
     ensure_generated()

@@ -24,9 +24,9 @@ from export.check_shipped import forecast_quantiles, translation_greedy, transla
 from server.app import Server
 from server.config import Config, load_config
 from server.engine import providers
-from server.gen.grpc.health.v1 import health_pb2
+from grpc_health.v1 import health_pb2
 from server.gen.grpc.reflection.v1 import reflection_pb2, reflection_pb2_grpc
-from server.gen.seqserve.v1 import (
+from protos.seqserve.v1 import (
     common_pb2,
     forecast_pb2,
     sentiment_pb2,

@@ -1,24 +1,31 @@
-"""The sentiment tokenizer without torch: regex words as in ``training/sentiment_data.py``.
+"""The sentiment tokenizer: a regular expression over lower-cased text, and a vocabulary.
 
-The translation tokenizer is ``server/subword.py``."""
+Training builds the vocabulary with ``tokenize``; export saves it with the pattern as JSON
+(``vocab.json``); the server and the reference runtime read it back with ``WordTokenizer``.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 from pathlib import Path
-from typing import Any
+
+TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]"
+
+
+def tokenize(text: str, pattern: str = TOKEN_PATTERN, lowercase: bool = True) -> list[str]:
+    return re.findall(pattern, text.lower() if lowercase else text)
 
 
 class WordTokenizer:
-    """``re.findall(token_pattern, text.lower())`` and a vocabulary; unknown words map to ``unk_id``."""
+    """``tokenize`` with a saved vocabulary; unknown words map to ``unk_id``."""
 
-    def __init__(self, folder: Path, preprocessing: dict[str, Any]) -> None:
-        vocabulary = json.loads((folder / preprocessing["vocabulary"]).read_text())
+    def __init__(self, path: Path, unk_id: int, lowercase: bool = True) -> None:
+        vocabulary = json.loads(path.read_text())
         self.pattern = re.compile(vocabulary["token_pattern"])
-        self.lowercase = preprocessing.get("lowercase", True)
+        self.lowercase = lowercase
         self.index = {word: i for i, word in enumerate(vocabulary["words"])}
-        self.unk_id = preprocessing["unk_id"]
+        self.unk_id = unk_id
 
     def normalize(self, text: str) -> str:
         return text.lower() if self.lowercase else text
