@@ -12,7 +12,7 @@ import torch
 
 from export.check_shipped import forecast_quantiles
 from export.onnx_io import describe_graph
-from server.repository import Model, load_model
+from contract.repository import Model, load_model
 from training.forecast import Config, forecast_panel
 from training.forecast_data import HORIZON, Panel
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.repository import ManifestError, load_model
+from contract.repository import ManifestError, load_model
 from training.sentiment import Config, SentimentModel
 from training.sentiment_data import Vocabulary
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from export.check_shipped import translation_greedy
-from server.repository import Model, load_model
+from contract.repository import Model, load_model
 from training.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode, smoothed_nll
 from training.translation_data import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 
@@ -86,7 +86,7 @@ def teacher_forced(model: Model, src: list[list[int]], targets: np.ndarray) -> n
 
 def test_manifest_declares_symbolic_axes_state_and_context(exported: tuple[Seq2Seq, Model]) -> None:
     _, model = exported
-    manifest = model.manifest
+    manifest = model.manifest.raw
     shapes = {(g, t["name"]): t["shape"] for g, graph in manifest["graphs"].items()
               for t in graph["inputs"] + graph["outputs"]}
     assert shapes["encoder", "src_ids"] == ["batch", "src"]
@@ -99,7 +99,8 @@ def test_manifest_declares_symbolic_axes_state_and_context(exported: tuple[Seq2S
     assert [(c["input"], c["pad_value"]) for c in manifest["context"]] == [
         ("encoder_outputs", 0.0), ("keys", 0.0), ("mask", False)]
     assert sorted(manifest["files"]) == ["decoder_step.onnx", "encoder.onnx", "pieces.json"]
-    assert manifest["preprocessing"]["max_length"] == 40 and manifest["metrics"]["test_greedy_bleu_ding"] == 1.0
+    assert manifest["preprocessing"]["output_length"] == {"per_source_token": 2, "extra": 10, "max_length": 40}
+    assert manifest["metrics"]["test_greedy_bleu_ding"] == 1.0
 
 
 def test_teacher_forced_log_probs_match_pytorch_at_every_batch_size(exported: tuple[Seq2Seq, Model]) -> None:
@@ -120,7 +121,7 @@ def test_teacher_forced_log_probs_match_pytorch_at_every_batch_size(exported: tu
 def test_greedy_translations_match_pytorch_token_for_token(exported: tuple[Seq2Seq, Model]) -> None:
     torch_model, model = exported
     src = sources(torch_model.config.vocab_size, seed=2)
-    expected, _ = greedy_decode(torch_model, *padded(src), max_len=model.manifest["preprocessing"]["max_length"])
+    expected, _ = greedy_decode(torch_model, *padded(src), max_len=model.manifest.preprocessing.max_length)
     ended = [len(tokens) < 2 * len(s) + 9 for tokens, s in zip(expected, src, strict=True)]
     assert sum(ended) > 10, "most sentences should stop at EOS before the length limit"
     for size in BATCH_SIZES:
