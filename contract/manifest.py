@@ -9,7 +9,7 @@ is missing``), so an operator reads one line and knows what to fix.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from contract.forecast import TRANSFORMS
 from contract.translation import OutputLength
@@ -17,6 +17,7 @@ from contract.translation import OutputLength
 MANIFEST_FORMAT = "seqserve-manifest/1"
 TASKS = ("sentiment", "forecast", "translation")
 DTYPES = ("float32", "int64", "int32", "bool")
+Needs = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]  # graph -> (inputs, outputs) a task reads
 
 
 class ManifestError(ValueError):
@@ -44,7 +45,7 @@ class Fields:
             return default
         value = self.data[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             names = " or ".join(k.__name__ for k in kinds)
             raise self.error(key, f"is {value!r}, expected {names}")
         return value
@@ -159,7 +160,7 @@ class SentimentPreprocessing:
     max_tokens: int  # tokens that Classify reads
     labels: tuple[str, ...]  # class index -> label; the last one is "positive"
 
-    GRAPHS = {"sequence": (("ids", "lengths"), ("probs",)), "step": (("ids",), ("probs",))}
+    GRAPHS: ClassVar[Needs] = {"sequence": (("ids", "lengths"), ("probs",)), "step": (("ids",), ("probs",))}
 
     @classmethod
     def parse(cls, f: Fields) -> SentimentPreprocessing:
@@ -188,7 +189,7 @@ class ForecastPreprocessing:
     min_history: int
     trained_horizon: int
 
-    GRAPHS = {"step": (("value", "features"), ("quantiles",))}
+    GRAPHS: ClassVar[Needs] = {"step": (("value", "features"), ("quantiles",))}
 
     @classmethod
     def parse(cls, f: Fields) -> ForecastPreprocessing:
@@ -227,7 +228,8 @@ class TranslationPreprocessing:
     length_penalty: float
     beam: int
 
-    GRAPHS = {"encoder": (("src_ids", "src_lengths"), ()), "decoder_step": (("prev_tokens",), ("log_probs", "attention"))}
+    GRAPHS: ClassVar[Needs] = {"encoder": (("src_ids", "src_lengths"), ()),
+                               "decoder_step": (("prev_tokens",), ("log_probs", "attention"))}
 
     @classmethod
     def parse(cls, f: Fields) -> TranslationPreprocessing:

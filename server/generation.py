@@ -1,13 +1,17 @@
-"""Generation in the engine's own thread: every open sequence of a step graph advances once per run.
+"""The generation loop: every open sequence of a step graph advances once per run, in the engine's own thread.
 
-A per-step request (``engine.GraphScheduler``) costs each stream an asyncio round trip, a state
-gather and scatter and a re-stacked context at every step. A sequence whose next input follows
-from its last output (greedy decoding) needs none of that. A ``Generator`` keeps the running
-sequences of one graph as one batch in its own thread, in the spirit of vLLM's engine loop:
+A per-step request (``engine.Scheduler``) costs each stream an asyncio round trip and a state
+gather and scatter at every step. A sequence whose next input follows from its last output
+(greedy decoding) needs none of that. A ``Generator`` keeps the running sequences of one graph as
+one ``Batch`` in its own thread, in the shape of vLLM's engine loop:
 
-    take the sequences that joined, drop those that ended or whose stream went away (the batch is
-    re-gathered only then); run one step; let the task's ``pick`` choose every row's next input
-    and result; hand all of the step's results to the event loop in one call.
+    schedule()  decide what runs: drop the rows that finished or whose stream went away, admit
+                waiting sequences up to ``max_batch`` (their source graphs, the encoder, run once
+                for all of them: the prefill). The batch is re-gathered only when its rows change.
+    step()      one ONNX Runtime run over the batch.
+    update()    the task's ``pick`` chooses every row's next input and result; all of the step's
+                results go to the event loop in one call; finished rows are marked for the next
+                ``schedule()``.
 
 State and context are ONNX Runtime values bound with IO binding on the session's device. On CUDA
 a step's new state is the next step's input without leaving the device while the batch keeps its
@@ -29,7 +33,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.engine import Arrays, ModelRunner, StepRequest, initial_value, session_device, stack, stream_context
+from server.graph import Arrays, Graph, initial_state
 
 log = logging.getLogger(__name__)
 
@@ -73,39 +77,61 @@ class Sequence:
                 return
 
 
-@dataclass
+@dataclass(eq=False)
 class Batch:
-    """The running sequences of a generator, row by row, with their inputs as the next step needs them."""
+    """Running sequences, row by row, as TGI's batches: ``filter`` keeps rows, ``concatenate`` joins batches.
+
+    ``host`` holds each row's plain inputs and context (and its state while the batch is being
+    re-gathered); ``bound`` holds the state and context on the session's device while it runs.
+    """
 
     sequences: list[Sequence]
-    state: dict[str, ort.OrtValue]  # on the session's device
-    context: dict[str, ort.OrtValue]  # on the session's device, padded
-    host_context: Arrays  # the same, kept for re-gathering
-    inputs: Arrays
-    steps: np.ndarray
-    limits: np.ndarray
-    done: np.ndarray
+    host: Arrays
+    steps: np.ndarray  # steps taken
+    limits: np.ndarray  # steps allowed
+    bound: dict[str, ort.OrtValue] = field(default_factory=dict)
+    done: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.done = np.zeros(len(self.sequences), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def filter(self, keep: list[int], state: list[str]) -> Batch:
+        """The rows ``keep``; their ``state`` comes back from the device."""
+        rows = self.host | {name: self.bound[name].numpy() for name in state}
+        return Batch([self.sequences[i] for i in keep], {name: array[keep] for name, array in rows.items()},
+                     self.steps[keep], self.limits[keep])
+
+    @staticmethod
+    def concatenate(batches: list[Batch], graph: Graph) -> Batch:
+        """One batch of every row of ``batches``, context padded to the longest."""
+        host = graph.gather([b.host for b in batches])
+        return Batch([s for b in batches for s in b.sequences], host, np.concatenate([b.steps for b in batches]),
+                     np.concatenate([b.limits for b in batches]))
+
+    def bind(self, graph: Graph) -> None:
+        """State and context to the device; the state leaves ``host`` (the device holds the live copy)."""
+        for name in [*graph.state_outputs.values(), *graph.context]:
+            array = self.host.pop(name) if name not in graph.context else self.host[name]
+            self.bound[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), graph.device, 0)
 
 
 class Generator:
     """Greedy-style generation over one graph of one model version; see the module docstring.
 
-    A joining sequence first runs the graphs its initial state and context come from (the
-    manifest's ``initial`` and ``context.from``, the encoder for translation), batched with the
-    other sequences joining at that step, in this same thread: the prefill of a vLLM-style loop.
+    ``sources`` are the graphs its initial state and context come from (the manifest's ``initial``
+    and ``context.from``: the encoder for translation). Open sequences count against the graph's
+    stream slots, like the per-step path's streams.
     """
 
-    def __init__(self, runner: ModelRunner, graph: str, reads: list[str], pick: Pick) -> None:
-        self.scheduler = runner.schedulers[graph]
-        self.reads, self.pick = reads, pick
-        self.session = self.scheduler.session
-        self.device = session_device(self.session)
-        self.specs = runner.model.state(graph)
-        wired = [s["initial"]["graph"] for s in self.specs if isinstance(s["initial"], dict)]
-        wired += [c["from"]["graph"] for c in runner.model.context(graph)]
-        self.sources = {g: runner.schedulers[g] for g in dict.fromkeys(wired)}
+    def __init__(self, graph: Graph, sources: dict[str, Graph], reads: list[str], pick: Pick) -> None:
+        self.graph, self.sources, self.reads, self.pick = graph, sources, reads, pick
         self.joining: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name=f"generate-{runner.model.name}-{graph}", daemon=True)
+        self.waiting: list[Sequence] = []  # opened, not yet in the batch (it has ``max_batch`` rows)
+        self.thread = threading.Thread(target=self._loop, name=f"generate-{graph.model.name}-{graph.name}",
+                                       daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -121,113 +147,99 @@ class Generator:
         """Start a sequence from its source graphs' inputs (``{graph: {input: one row}}``); it holds one
         of the graph's stream slots until the block ends, however it ends."""
         sequence = Sequence(sources, inputs, limit)
-        pool = self.scheduler.pool
-        slots = pool.acquire(1)
+        slot = self.graph.slots.acquire(1)
         try:
             self.joining.put(sequence)
             yield sequence
         finally:
             sequence.closed = True
-            pool.release(slots)
+            self.graph.slots.release(slot)
 
     def _loop(self) -> None:
         batch: Batch | None = None
-        waiting: list[Sequence] = []  # opened, not yet in the batch (it has ``max_batch`` rows)
         while True:
-            try:
-                if batch is None and not waiting:
-                    waiting.append(self.joining.get())
-                while True:
-                    waiting.append(self.joining.get_nowait())
-            except queue.Empty:
-                pass
-            if None in waiting:  # stop
-                self._fail(batch, [s for s in waiting if s], RuntimeError("the server is stopping"))
+            if not self._receive(block=batch is None and not self.waiting):
+                self._fail(batch, self.waiting, RuntimeError("the server is stopping"))
                 return
-            candidates = [s for s in waiting if not s.closed]
-            started = time.perf_counter()
+            started, waiting = time.perf_counter(), list(self.waiting)
             try:
-                batch, waiting = self._regather(batch, candidates)
+                batch = self.schedule(batch)
                 if batch is not None:
-                    self._step(batch, started)
+                    self.update(batch, self.step(batch), started)
             except Exception as error:  # a failed step fails the sequences it touched, not the loop
-                log.exception("%s: generation step failed", self.scheduler.labels)
-                self._fail(batch, candidates, error)
-                batch, waiting = None, []
+                log.exception("%s: generation step failed", self.graph.labels)
+                self._fail(batch, waiting, error)
+                batch, self.waiting = None, []
 
-    def _regather(self, batch: Batch | None, waiting: list[Sequence]) -> tuple[Batch | None, list[Sequence]]:
-        """The batch without its finished or abandoned rows, filled up to ``max_batch`` from ``waiting``,
-        and those still waiting. The batch is rebuilt only if it changed."""
+    def _receive(self, block: bool) -> bool:
+        """Move newly opened sequences to ``waiting`` (waiting for one when idle); False once stopped."""
+        try:
+            if block:
+                self.waiting.append(self.joining.get())
+            while True:
+                self.waiting.append(self.joining.get_nowait())
+        except queue.Empty:
+            pass
+        if None in self.waiting:
+            self.waiting = [s for s in self.waiting if s is not None]
+            return False
+        return True
+
+    def schedule(self, batch: Batch | None) -> Batch | None:
+        """The batch to run: without its finished or abandoned rows, filled up to ``max_batch`` from
+        ``waiting``. It is re-gathered only if its rows changed."""
+        self.waiting = [s for s in self.waiting if not s.closed]
         keep = [] if batch is None else [i for i, s in enumerate(batch.sequences) if not (batch.done[i] or s.closed)]
-        room = max(self.scheduler.config.max_batch - len(keep), 0)
-        joined, waiting = waiting[:room], waiting[room:]
-        if batch is not None and not joined and len(keep) == len(batch.sequences):
-            return batch, waiting
-        sequences = ([batch.sequences[i] for i in keep] if batch else []) + joined
-        if not sequences:
-            return None, waiting
+        room = max(self.graph.config.max_batch - len(keep), 0)
+        joined, self.waiting = self.waiting[:room], self.waiting[room:]
+        if batch is not None and not joined and len(keep) == len(batch):
+            return batch
+        parts = [batch.filter(keep, list(self.graph.state_outputs.values()))] if batch is not None and keep else []
+        if joined:
+            parts.append(self.prefill(joined))
+        if not parts:
+            return None
+        merged = Batch.concatenate(parts, self.graph)
+        merged.bind(self.graph)
+        return merged
+
+    def prefill(self, joined: list[Sequence]) -> Batch:
+        """The joining sequences as a batch: one batched run of each source graph gives each one's
+        initial state and context (context cut to the sequence's own length)."""
         now = time.perf_counter()
         for sequence in joined:
-            self.scheduler.metrics.queue_wait.labels(**self.scheduler.labels).observe(now - sequence.opened)
-        parts: dict[str, list[np.ndarray]] = {}  # every input's rows: kept ones first, then the joined
-        if batch is not None and keep:
-            host_state = {name: value.numpy() for name, value in batch.state.items()}
-            for name, rows in (host_state | batch.host_context | batch.inputs).items():
-                parts[name] = [rows[keep]]
-        for sequence, rows in zip(joined, self._prefill(joined), strict=True):
-            for name, row in (rows | sequence.inputs).items():
-                parts.setdefault(name, []).append(row)
-        pads = self.scheduler.context
-        merged = {name: stack(rows, pads.get(name, self.scheduler.pad)) for name, rows in parts.items()}
-        state = {s["input"]: merged.pop(s["input"]) for s in self.specs}
-        context = {name: merged.pop(name) for name in self.scheduler.context}
-        steps = [batch.steps[keep], batch.limits[keep]] if batch is not None else [np.zeros(0, np.int64)] * 2
-        return Batch(
-            sequences, self._to_device(state), self._to_device(context), context, merged,
-            np.concatenate([steps[0], np.zeros(len(joined), dtype=np.int64)]),
-            np.concatenate([steps[1], np.array([s.limit for s in joined], dtype=np.int64)]),
-            np.zeros(len(sequences), dtype=bool),
-        ), waiting
-
-    def _prefill(self, joined: list[Sequence]) -> list[Arrays]:
-        """One batched run of each source graph over the joining sequences; each one's initial
-        state and context rows (context cut to the sequence's own length)."""
-        if not joined:
-            return []
-        outputs: dict[str, list[Arrays]] = {}
-        for graph, scheduler in self.sources.items():
-            started = time.perf_counter()
-            outputs[graph] = scheduler.run([StepRequest(s.sources[graph], 1, future=None) for s in joined], None)
-            scheduler.record(len(joined), started)
+            self.graph.metrics.queue_wait.labels(**self.graph.labels).observe(now - sequence.opened)
+        outputs = {name: graph.run_parts([s.sources[name] for s in joined]) for name, graph in self.sources.items()}
         rows = []
-        for index in range(len(joined)):
-            sources = {graph: out[index] for graph, out in outputs.items()}
-            state = {s["input"]: np.broadcast_to(initial_value(s, sources), (1, *s["shape"])).astype(s["dtype"])
-                     for s in self.specs}
-            context = stream_context(self.scheduler.model, self.scheduler.graph, sources)
-            rows.append(state | {name: value[None] for name, value in context.items()})
-        return rows
+        for index, sequence in enumerate(joined):
+            sources = {name: out[index] for name, out in outputs.items()}
+            state = {spec.input: initial_state(spec, sources) for spec in self.graph.state}
+            rows.append(state | self.graph.stream_context(sources) | sequence.inputs)
+        return Batch(joined, self.graph.gather(rows), np.zeros(len(joined), dtype=np.int64),
+                     np.array([s.limit for s in joined], dtype=np.int64))
 
-    def _to_device(self, arrays: Arrays) -> dict[str, ort.OrtValue]:
-        return {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a), self.device, 0) for n, a in arrays.items()}
-
-    def _step(self, batch: Batch, started: float) -> None:
-        """One run over the batch; the new state stays bound on the device, ``reads`` come to the host."""
-        binding = self.session.io_binding()
-        for name, value in (batch.state | batch.context).items():
+    def step(self, batch: Batch) -> dict[str, ort.OrtValue]:
+        """One run over the batch; the new state stays on the device, ``reads`` come to the host."""
+        binding = self.graph.session.io_binding()
+        for name, value in batch.bound.items():
             binding.bind_ortvalue_input(name, value)
-        for name, array in batch.inputs.items():
-            binding.bind_cpu_input(name, array)
-        names = self.scheduler.output_names
+        for name, array in batch.host.items():
+            if name not in self.graph.context:
+                binding.bind_cpu_input(name, array)
+        names = self.graph.output_names
         for name in names:
-            binding.bind_output(name, "cpu" if name in self.reads else self.device)
-        self.session.run_with_iobinding(binding)
-        outputs = dict(zip(names, binding.get_outputs(), strict=True))
-        batch.state = {state: outputs[output] for output, state in self.scheduler.state_outputs.items()}
-        batch.inputs, results, batch.done = self.pick({n: outputs[n].numpy() for n in self.reads}, batch.steps,
-                                                      batch.limits)
+            binding.bind_output(name, "cpu" if name in self.reads else self.graph.device)
+        self.graph.session.run_with_iobinding(binding)
+        return dict(zip(names, binding.get_outputs(), strict=True))
+
+    def update(self, batch: Batch, outputs: dict[str, ort.OrtValue], started: float) -> None:
+        """Apply a step's outputs: the new state, every row's next input and result, finished rows."""
+        batch.bound |= {state: outputs[output] for output, state in self.graph.state_outputs.items()}
+        inputs, results, batch.done = self.pick({n: outputs[n].numpy() for n in self.reads}, batch.steps,
+                                                batch.limits)
+        batch.host |= inputs
         batch.steps += 1
-        self.scheduler.record(len(batch.sequences), started)
+        self.graph.record(len(batch), started)
         items = [(s, r) for s, r in zip(batch.sequences, results, strict=True) if r is not None]
         items += [(s, END) for s, done in zip(batch.sequences, batch.done.tolist(), strict=True) if done]
         self.loop.call_soon_threadsafe(deliver, items)

@@ -5,57 +5,34 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from server.engine import ModelRunner, Overloaded
+from server.errors import InputError, Overloaded
 from server.metrics import Metrics
+from server.repository import Repository, Served
 
 log = logging.getLogger(__name__)
 
-Runners = dict[str, dict[int, ModelRunner]]
 
 
 class RequestError(Exception):
-    """A client mistake: aborts the call with ``code`` and a message naming the field and the limit."""
+    """A request that cannot be served: aborts the call with ``code`` and a message naming the field."""
 
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
 
 
-def invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-def check_text(field: str, text: str, limit: int) -> None:
-    if not text.strip():
-        raise invalid(f"{field} is empty")
-    if len(text) > limit:
-        raise invalid(f"{field} has {len(text)} characters, the limit is {limit}")
-
-
-def check_finite(field: str, values: Iterable[float]) -> None:
-    for index, value in enumerate(values):
-        if not math.isfinite(value):
-            raise invalid(f"{field}[{index}] is {value}: values must be finite (no NaN or inf)")
-
-
-def check_count(field: str, count: int, low: int, high: int) -> None:
-    if not low <= count <= high:
-        raise invalid(f"{field} is {count}, it must be between {low} and {high}")
-
-
-def lookup(runners: Runners, name: str, version: int, field: str = "model.") -> ModelRunner:
-    """The runner of ``name`` at ``version`` (0 = newest); NOT_FOUND names the ``field`` and what exists."""
-    versions = runners.get(name)
+def lookup(repository: Repository, name: str, version: int, field: str = "model.") -> Served:
+    """The model ``name`` at ``version`` (0 = newest); NOT_FOUND names the ``field`` and what exists."""
+    versions = repository.get(name)
     if versions is None:
         raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"{field}name {name!r} is not loaded (models: {sorted(runners)})")
+                           f"{field}name {name!r} is not loaded (models: {sorted(repository)})")
     version = version or max(versions)
     if version not in versions:
         raise RequestError(grpc.StatusCode.NOT_FOUND,
@@ -63,12 +40,12 @@ def lookup(runners: Runners, name: str, version: int, field: str = "model.") -> 
     return versions[version]
 
 
-def resolve(runners: Runners, ref: Any, task: str) -> ModelRunner:
-    """The runner for ``ref`` (a ``ModelRef``), which must serve ``task``."""
-    runner = lookup(runners, ref.name, ref.version)
-    if runner.model.task != task:
-        raise invalid(f"model.name {ref.name!r} is a {runner.model.task} model, this method needs a {task} model")
-    return runner
+def resolve(repository: Repository, ref: Any, task: str) -> Served:
+    """The model for ``ref`` (a ``ModelRef``), which must serve ``task``."""
+    served = lookup(repository, ref.name, ref.version)
+    if served.model.task != task:
+        raise InputError(f"model.name {ref.name!r} is a {served.model.task} model, this method needs a {task} model")
+    return served
 
 
 class Call:
@@ -86,9 +63,9 @@ class Call:
     def labels(self) -> dict[str, str]:
         return {"model": self.model, "method": self.method}
 
-    def use(self, runner: ModelRunner) -> ModelRunner:
-        self.model = runner.model.name
-        return runner
+    def use(self, served: Served) -> Served:
+        self.model = served.model.name
+        return served
 
     def stream_opened(self) -> None:
         """The call now holds state slots: it counts as an active stream until it ends."""
@@ -139,6 +116,9 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             except RequestError as error:
                 call.finish(error.code)
                 await context.abort(error.code, error.message)
+            except InputError as error:
+                call.finish(grpc.StatusCode.INVALID_ARGUMENT)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except Overloaded as error:
                 call.finish(grpc.StatusCode.RESOURCE_EXHAUSTED)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))

@@ -17,15 +17,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client import Client
 from client.__main__ import main as cli
-from export.check_shipped import forecast_quantiles, translation_greedy, translation_sources
-from server.app import Server
-from server.config import Config, load_config
-from server.engine import providers
-from grpc_health.v1 import health_pb2
-from server.gen.grpc.reflection.v1 import reflection_pb2, reflection_pb2_grpc
+from contract.repository import load_model
+from contract.sessions import providers
+from evaluate import forecast_quantiles, translation_greedy, translation_sources
 from protos.seqserve.v1 import (
     common_pb2,
     forecast_pb2,
@@ -34,7 +33,8 @@ from protos.seqserve.v1 import (
     translate_pb2,
     translate_pb2_grpc,
 )
-from server.repository import load_model
+from server.app import Server
+from server.config import Config, load_config
 from training.forecast_data import HORIZON, load_panel
 from training.translation_data import read_tsv
 
@@ -79,8 +79,8 @@ class Running:
         return 0.0
 
     def in_use(self) -> int:
-        return sum(pool.in_use for versions in self.server.runners.values() for r in versions.values()
-                   for pool in r.pools.values())
+        return sum(graph.slots.in_use for served in self.server.served for graph in served.runner.graphs.values()
+                   if graph.slots)
 
     def stop(self) -> None:
         self.call(self.server.stop(0.5))
@@ -127,7 +127,7 @@ def test_health_and_reflection(running: Running, client: Client) -> None:
     ])))
     services = {s.name for s in answers[0].list_services_response.service}
     assert {"seqserve.v1.Sentiment", "seqserve.v1.Forecast", "seqserve.v1.Translation", "seqserve.v1.Models",
-            "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= services
+            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= services
     assert len(answers[1].file_descriptor_response.file_descriptor_proto) == 2  # sentiment.proto + common.proto
     assert health_pb2.HealthCheckResponse.SERVING == 1
 
@@ -346,7 +346,7 @@ def test_forecast_equals_the_numpy_rollout(client: Client, data_dir: Path) -> No
     """
     panel = load_panel(data_dir / "forecast" / "aus_retail.csv").cut(HORIZON)
     model = load_model(MODELS / "forecast" / "1")
-    median = model.manifest["preprocessing"]["quantiles"].index(0.5)
+    median = model.manifest.preprocessing.median
     short = panel.values[0][:30]
     cases = [(panel.values[0], forecast_quantiles(model, panel.values, panel.start_months, HORIZON)[0]),
              (short, forecast_quantiles(model, [short], panel.start_months[:1], HORIZON)[0])]
@@ -451,6 +451,7 @@ def test_generator_keeps_to_max_batch() -> None:
 def test_cuda_provider_options() -> None:
     """CUDA sessions run without TF32 unless asked: with it, batching changed results on an H100."""
     both = "CUDAExecutionProvider,CPUExecutionProvider"
-    assert providers(Config(providers=both)) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
-    assert providers(Config(providers=both, cuda_tf32=True))[0] == ("CUDAExecutionProvider", {"use_tf32": "1"})
-    assert providers(Config(providers="CPUExecutionProvider")) == ["CPUExecutionProvider"]
+    assert Config().cuda_tf32 is False
+    assert providers(both) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert providers(both, cuda_tf32=True)[0] == ("CUDAExecutionProvider", {"use_tf32": "1"})
+    assert providers("CPUExecutionProvider") == ["CPUExecutionProvider"]

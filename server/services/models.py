@@ -1,0 +1,41 @@
+"""``seqserve.v1.Models``: what is loaded, each model's manifest as people read it."""
+
+from __future__ import annotations
+
+import json
+
+from protos.seqserve.v1 import models_pb2, models_pb2_grpc
+from server.config import Config
+from server.metrics import Metrics
+from server.repository import Repository, Served
+from server.rpc import Call, lookup, rpc
+
+
+def model_info(served: Served) -> models_pb2.ModelInfo:
+    model, raw = served.model, served.model.manifest.raw
+
+    def as_json(key: str) -> str:
+        return json.dumps(raw.get(key, {}), sort_keys=True)
+
+    return models_pb2.ModelInfo(
+        name=model.name, version=model.version, task=model.task, description=model.manifest.description,
+        graphs=sorted(model.manifest.graphs), model_json=as_json("model"), metrics_json=as_json("metrics"),
+        preprocessing_json=as_json("preprocessing"), provenance_json=as_json("provenance"),
+    )
+
+
+class ModelsService(models_pb2_grpc.ModelsServicer):
+    def __init__(self, repository: Repository, config: Config, metrics: Metrics) -> None:
+        self.repository, self.metrics = repository, metrics
+
+    @rpc("ListModels")
+    async def ListModels(self, request, context, call: Call) -> models_pb2.ListModelsResponse:
+        return models_pb2.ListModelsResponse(models=[model_info(self.repository[name][version])
+                                                     for name in sorted(self.repository)
+                                                     for version in sorted(self.repository[name])])
+
+    @rpc("GetModel")
+    async def GetModel(self, request, context, call: Call) -> models_pb2.ModelInfo:
+        served = lookup(self.repository, request.name, request.version, field="")
+        call.model = request.name
+        return model_info(served)

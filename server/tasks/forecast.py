@@ -1,0 +1,113 @@
+"""Forecasting over a ``step`` graph: ``(value [B,1], features [B,F], state) -> (quantiles [B,Q], state)``.
+
+A ``Series`` holds one stream: its values in model units (observed, then fed-back medians), its
+scale and calendar, and a state slot. The rules (scaling, step inputs) are ``contract/forecast.py``
+with the manifest's ``preprocessing``: a history is read teacher-forced over its last ``prefix +
+min(context, n - prefix)`` values; past it, each forecast median is fed back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from contract import forecast as rules
+from contract.manifest import ForecastPreprocessing
+from server.config import Config
+from server.engine import ModelRunner
+from server.errors import InputError, check_count, check_finite
+
+
+@dataclass(frozen=True)
+class ForecastStep:
+    step: int  # 1 = the month after the last observation
+    month: int  # 1 = January
+    point: float  # the median
+    quantile_levels: list[float]
+    quantiles: list[float]
+
+
+class ForecastTask:
+    workers: tuple = ()
+
+    def __init__(self, runner: ModelRunner, config: Config) -> None:
+        self.runner, self.config = runner, config
+        self.pre: ForecastPreprocessing = runner.model.manifest.preprocessing
+
+    def check(self, values: list[float], field: str, horizon: int, start_month: int) -> None:
+        """A first message: its history, horizon and start month."""
+        check_count(f"{field} (its length)", len(values), self.pre.min_history, self.config.max_history)
+        check_finite(field, values)
+        check_count("horizon", horizon, 1, self.config.max_horizon)
+        check_count("start_month", start_month or 1, 1, 12)
+
+    def check_more(self, values: list[float], horizon: int) -> None:
+        """A later message of an ``Observe`` stream: more values and a horizon."""
+        check_count("values (their length)", len(values), 0, self.config.max_history)
+        check_finite("values", values)
+        check_count("horizon", horizon or 1, 1, self.config.max_horizon)
+
+    def levels(self, requested: list[float], field: str) -> list[int]:
+        """Indices of the requested quantile levels (all when none); ``InputError`` names an unknown one."""
+        indices = []
+        for i, level in enumerate(requested):
+            match = [j for j, known in enumerate(self.pre.quantiles) if abs(known - level) < 1e-9]
+            if not match:
+                raise InputError(f"{field}[{i}] = {level} is not a quantile of this model {list(self.pre.quantiles)}")
+            indices.append(match[0])
+        return indices or list(range(len(self.pre.quantiles)))
+
+    @contextmanager
+    def series(self, history: list[float], start_month: int) -> Iterator[Series]:
+        """A stream from ``history`` (``start_month``: 1 = January, 0 = unknown), holding a state slot."""
+        with self.runner.open("step") as slots:
+            yield Series(self, slots, history, max(start_month - 1, 0))
+
+
+class Series:
+    """One stream; see the module docstring."""
+
+    def __init__(self, task: ForecastTask, slots: np.ndarray, history: list[float], month0: int) -> None:
+        self.task, self.pre, self.slots = task, task.pre, slots
+        scaling = self.pre.scaling
+        usable = min(scaling.context, len(history) - self.pre.prefix)
+        window = history[-(self.pre.prefix + usable):]
+        self.scale = rules.fit_scale(window, usable, scaling.eps)
+        self.month0 = month0 + len(history) - len(window)  # month (0 = January) of values[0]
+        self.values = self._encode(window)
+        self.next_target = self.pre.prefix + 1
+        self.observed = len(history)
+
+    def _encode(self, values: list[float]) -> list[float]:
+        return rules.encode(values, self.scale, self.pre.scaling.transform, self.pre.scaling.floor).tolist()
+
+    async def _step(self, target: int, values: list[float]) -> np.ndarray:
+        recent = np.asarray(values[target - max(self.pre.lags) : target])[None]
+        inputs = rules.step_inputs(recent, np.array([self.month0 + target]), self.pre.season, self.pre.lags)
+        return (await self.task.runner.run("step", inputs, self.slots))["quantiles"][0]
+
+    async def observe(self, values: list[float]) -> None:
+        """Append observations (scaled with the stream's fixed scale) and read them teacher-forced."""
+        self.values.extend(self._encode(values))
+        self.observed += len(values)
+        for target in range(self.next_target, len(self.values)):
+            await self._step(target, self.values)
+        self.next_target = max(self.next_target, len(self.values))
+
+    async def forecast(self, horizon: int, levels: list[int]) -> AsyncIterator[ForecastStep]:
+        """``horizon`` steps past the last observation; the stream's state is left as it was."""
+        pool = self.task.runner.pools["step"]
+        saved = pool.snapshot(self.slots)
+        values = list(self.values)
+        try:
+            for ahead, target in enumerate(range(len(values), len(values) + horizon), start=1):
+                quantiles = (await self._step(target, values)).astype(np.float64)
+                values.append(float(quantiles[self.pre.median]))
+                decoded = rules.decode(quantiles, self.scale, self.pre.scaling.transform)
+                yield ForecastStep(ahead, (self.month0 + target) % self.pre.season + 1, decoded[self.pre.median],
+                                   [self.pre.quantiles[i] for i in levels], decoded[levels].tolist())
+        finally:
+            pool.restore(self.slots, saved)

@@ -1,0 +1,80 @@
+"""Sentiment: ``classify`` runs the ``sequence`` graph over a text, a ``Stream`` the ``step`` graph token by token."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from contract.manifest import SentimentPreprocessing
+from contract.words import IncrementalWords, WordTokenizer
+from server.config import Config
+from server.engine import ModelRunner
+from server.errors import InputError
+
+
+@dataclass(frozen=True)
+class Classification:
+    probabilities: list[float]
+    label: str
+    tokens: int  # tokens read
+    truncated: bool  # the text had more than ``max_tokens``
+
+
+@dataclass(frozen=True)
+class TokenUpdate:
+    token: str
+    position: int
+    probabilities: list[float]  # the running probability of each label after this token
+
+
+class SentimentTask:
+    workers: tuple = ()
+
+    def __init__(self, runner: ModelRunner, config: Config) -> None:
+        self.runner, self.config = runner, config
+        pre: SentimentPreprocessing = runner.model.manifest.preprocessing
+        self.pre = pre
+        self.labels = list(pre.labels)
+        self.tokenizer = WordTokenizer(runner.model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
+
+    async def classify(self, text: str) -> Classification:
+        """One text, as in training: its first ``max_tokens`` tokens through the ``sequence`` graph."""
+        ids = self.tokenizer.ids(self.tokenizer.tokens(text))
+        kept = ids[: self.pre.max_tokens]
+        out = await self.runner.run("sequence", {"ids": np.array([kept], dtype=np.int64),
+                                                 "lengths": np.array([len(kept)], dtype=np.int64)})
+        probs = out["probs"][0]
+        return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(kept), len(ids) > len(kept))
+
+    @contextmanager
+    def stream(self) -> Iterator[Stream]:
+        """A running classification holding one state slot until the block ends."""
+        with self.runner.open("step") as slots:
+            yield Stream(self, slots)
+
+
+class Stream:
+    """Text in chunks, one update per complete token; see ``IncrementalWords`` for when a token is complete."""
+
+    def __init__(self, task: SentimentTask, slots: np.ndarray) -> None:
+        self.task, self.slots = task, slots
+        self.words = IncrementalWords(task.tokenizer)
+        self.position = 0
+
+    def feed(self, chunk: str) -> AsyncIterator[TokenUpdate]:
+        return self._emit(self.words.feed(chunk))
+
+    def finish(self) -> AsyncIterator[TokenUpdate]:
+        return self._emit(self.words.flush())
+
+    async def _emit(self, tokens: list[str]) -> AsyncIterator[TokenUpdate]:
+        limit = self.task.config.max_stream_tokens
+        if self.position + len(tokens) > limit:
+            raise InputError(f"text: the stream exceeds {limit} tokens (max_stream_tokens)")
+        for token, token_id in zip(tokens, self.task.tokenizer.ids(tokens), strict=True):
+            out = await self.task.runner.run("step", {"ids": np.array([token_id], dtype=np.int64)}, self.slots)
+            yield TokenUpdate(token, self.position, out["probs"][0].tolist())
+            self.position += 1
