@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract.forecast import EPS, FLOOR, prefix_length
 from export.onnx_io import export_graph, write_manifest
 from training.cells import Recurrent
 from training.forecast import BASELINES, Config
-from training.forecast_data import EPS, FLOOR, HORIZON, SEASON, feature_size, prefix_length
+from training.forecast_data import HORIZON, SEASON, feature_size
 from training.forecast_model import QUANTILES, Ensemble
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -72,7 +73,7 @@ def load_model(checkpoint: Path) -> tuple[Ensemble, Config]:
 
 
 def preprocessing(cfg: Config) -> dict[str, Any]:
-    """The rule the server repeats with numpy (``training/forecast_data.py``)."""
+    """The rule the server and the reference runtime apply with numpy (``contract/forecast.py``)."""
     lags = list(cfg.lag_tuple)
     return {
         "scaling": {

@@ -8,7 +8,7 @@ import sys
 TASKS = {
     "sentiment": "training.sentiment",
     "forecast": "training.forecast",
-    "translate": "training.translate",
+    "translation": "training.translation",
 }
 
 

@@ -24,20 +24,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from contract.forecast import EPS, FLOOR, TRANSFORMS, decode, encode, prefix_length
 from training.common import EarlyStopping, add_config_arguments, git_commit, plot_curves, set_seed, write_json
 from training.forecast_data import (
     DATA_FILE,
-    EPS,
-    FLOOR,
     HORIZON,
     SEASON,
-    TRANSFORMS,
     Panel,
-    decode,
-    encode,
     gather_windows,
     load_panel,
-    prefix_length,
     season_naive_mae,
     training_windows,
 )
@@ -341,7 +336,7 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
             "config": asdict(cfg),
             "state_dict": model.state_dict(),
             "quantiles": QUANTILES,
-            "scaling": "scale = mean(|last `context` values before the origin|) + EPS; see forecast_data.encode",
+            "scaling": "scale = mean(|last `context` values before the origin|) + EPS; see contract/forecast.py",
             "eps": EPS,
             "floor": FLOOR,
         },

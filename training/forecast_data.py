@@ -1,16 +1,7 @@
-"""aus_retail as arrays, the time splits, the scaling rule and the per-step inputs.
+"""aus_retail as arrays, the time splits and the training windows.
 
-Every rule here is simple enough for the torch-free server to repeat with numpy:
-
-* **Scaling.** ``scale = mean(|context|) + EPS`` over the last ``context`` observed values
-  before the forecast origin. With ``transform="log"`` (the default) the model sees
-  ``z = log(max(y / scale, FLOOR))`` and a model quantile ``q`` means ``scale * exp(q)``;
-  with ``"identity"`` it sees ``z = y / scale`` and ``q`` means ``scale * q``. Both maps are
-  increasing, so quantiles stay quantiles. Nothing in the step graph knows the scale.
-* **Step inputs** for a target month ``t``: the previous value ``z[t-1]`` (``[B, 1]``) and
-  the features ``[B, F]`` = one-hot month of year of ``t`` (12 columns, January first)
-  followed by ``z[t-lag]`` for each lag in ``lags`` (default 12, 13, 24).
-  Past the origin, unknown values are the model's own fed-back medians.
+The scaling rule and the step inputs are ``contract/forecast.py``, shared with export, the
+reference runtime and the server (they re-export from here for training's own modules).
 """
 
 from __future__ import annotations
@@ -21,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from contract.forecast import fit_scale, prefix_length
+
 DATA_FILE = Path("data/forecast/aus_retail.csv")
 SEASON = 12
 HORIZON = 24
-EPS = 1e-3
-FLOOR = 1e-3  # log transform: values below FLOOR * scale (zeros, negatives) are clipped there
-TRANSFORMS = ("log", "identity")
 MIN_LENGTH = 2 * HORIZON + 2 * SEASON  # test + validation horizons and two seasons of history
 
 
@@ -68,29 +58,8 @@ def load_panel(path: Path = DATA_FILE, min_length: int = MIN_LENGTH) -> Panel:
     return Panel(ids, names, values, np.asarray(starts, dtype=np.int64))
 
 
-def fit_scale(history: np.ndarray, context: int) -> float:
-    """The scaling rule: mean absolute value of the last ``context`` observations, plus ``EPS``."""
-    return float(np.mean(np.abs(history[-context:]))) + EPS
-
-
-def encode(values: np.ndarray, scale: np.ndarray | float, transform: str) -> np.ndarray:
-    """Model units of ``values`` (NaN stays NaN)."""
-    ratio = values / scale
-    return np.log(np.maximum(ratio, FLOOR)) if transform == "log" else ratio
-
-
-def decode(model_values: np.ndarray, scale: np.ndarray | float, transform: str) -> np.ndarray:
-    """The inverse of ``encode`` (exact above the floor)."""
-    return scale * (np.exp(model_values) if transform == "log" else model_values)
-
-
 def feature_size(lags: tuple[int, ...]) -> int:
     return SEASON + len(lags)
-
-
-def prefix_length(lags: tuple[int, ...]) -> int:
-    """Observed values needed before the context so that the first step has all its lags."""
-    return max(max(lags, default=1) - 1, 0)
 
 
 def season_naive_mae(history: np.ndarray, season: int = SEASON) -> float:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.forecast_data import SEASON, feature_size, prefix_length
+from contract.forecast import prefix_length
+from training.forecast_data import SEASON, feature_size
 
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MEDIAN = QUANTILES.index(0.5)

@@ -1,7 +1,7 @@
-"""Rotten Tomatoes snippets: loading, the recorded split, and a torch-free word tokenizer.
+"""Rotten Tomatoes snippets: loading, the recorded split, and the vocabulary.
 
-The tokenizer is a regular expression plus a vocabulary saved as JSON, so the server can
-reproduce it with the standard library alone.
+The tokenizer is ``contract/words.py`` (a regular expression); the vocabulary is saved as JSON
+with its pattern, which the server and the reference runtime read with ``contract.words.WordTokenizer``.
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ import bz2
 import csv
 import hashlib
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from contract.words import TOKEN_PATTERN, tokenize
 from training.common import split_indices
 
 LABELS = ("rotten", "fresh")  # class index 1 = positive
-TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]"
 PAD, UNK = "<pad>", "<unk>"
 
 
@@ -75,10 +74,6 @@ def split_snippets(path: Path, seed: int = 0, fractions: tuple[float, ...] = (0.
         name: Split([texts[i] for i in part], labels[part])
         for name, part in zip(("train", "validation", "test"), parts, strict=True)
     }
-
-
-def tokenize(text: str) -> list[str]:
-    return re.findall(TOKEN_PATTERN, text.lower())
 
 
 class Vocabulary:

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from contract.translation import OutputLength, length_normalized
 from training.translation_data import BOS_ID, EOS_ID, PAD_ID
 
 EncoderOutput = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -147,8 +148,8 @@ def smoothed_nll(log_probs: torch.Tensor, target: torch.Tensor, smoothing: float
 
 
 def _length_limits(src_lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """At most ``2 × source + 10`` tokens (EOS included), capped at ``max_len``."""
-    return torch.clamp(2 * src_lengths + 10, max=max_len)
+    """The output limits (EOS included) of ``contract.translation.OutputLength``, capped at ``max_len``."""
+    return OutputLength(max_length=max_len).limit(src_lengths)
 
 
 @torch.no_grad()
@@ -201,9 +202,6 @@ def beam_search(
     attention_history = torch.zeros(batch, beam, 0, src_len)
     rows = torch.arange(batch).unsqueeze(1)
 
-    def penalty(length: torch.Tensor) -> torch.Tensor:
-        return ((5.0 + length) / 6.0) ** length_penalty
-
     for t in range(int(limits.max())):
         log_probs, state, attention = model.step(prev, state, encoder_outputs, keys, mask)
         vocab = log_probs.shape[-1]
@@ -216,7 +214,7 @@ def beam_search(
         log_probs = torch.where(finished.unsqueeze(-1), only_eos, eos_only_logp)
         candidates = scores.unsqueeze(-1) + log_probs  # (B, K, V)
         new_lengths = torch.where(finished, lengths, lengths + 1)
-        ranked = candidates / penalty(new_lengths).unsqueeze(-1)
+        ranked = length_normalized(candidates, new_lengths.unsqueeze(-1), length_penalty)
         _, flat = ranked.view(batch, -1).topk(beam, dim=-1)
         origin, token = flat // vocab, flat % vocab  # (B, K)
         scores = candidates.view(batch, -1).gather(1, flat)

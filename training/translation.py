@@ -1,4 +1,4 @@
-"""``python -m training translate``: English→German with attention, trained on real sentence pairs.
+"""``python -m training translation``: English→German with attention, trained on real sentence pairs.
 
 Data: the Ding, LibreOffice-help and gettext pairs (``training.translation_data``), or any
 ``--tsv`` files of ``source<TAB>target`` pairs. One joint sentencepiece model is trained on the
@@ -40,8 +40,8 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m training translate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("runs/translate"))
+    p = argparse.ArgumentParser(prog="python -m training translation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("runs/translation"))
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--tsv", type=Path, nargs="+", help="train on these source<TAB>target files instead")
     p.add_argument("--vocab-size", type=int, default=4000, help="joint sentencepiece vocabulary")
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     valid = {name: splits["valid"][: args.valid_size] for name, splits in corpus.items()}
     test = {name: splits["test"][: args.max_test_pairs or None] for name, splits in corpus.items()}
     sizes = {name: {split: len(pairs) for split, pairs in splits.items()} for name, splits in corpus.items()}
-    print(f"translate: pairs per source and split {sizes}")
+    print(f"translation: pairs per source and split {sizes}")
 
     spm_path = out / "spm.model"
     if not (args.resume and spm_path.exists()):
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     model = Seq2Seq(config)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"translate: {len(examples)} training pairs, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters")
+    print(f"translation: {len(examples)} training pairs, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
     stopper = EarlyStopping(args.patience)
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         stopper.__dict__.update(ckpt["stopper"])
         history, epoch_scores = ckpt["history"], ckpt["epoch_scores"]
         first_epoch = ckpt["epoch"] + 1
-        print(f"translate: resumed after epoch {ckpt['epoch']}")
+        print(f"translation: resumed after epoch {ckpt['epoch']}")
 
     rng = random.Random(args.seed)
     for epoch in range(first_epoch, args.epochs + 1):
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         minutes = (time.time() - started) / 60
         print(f"epoch {epoch}: loss {loss:.3f}  valid BLEU {bleu:.2f}  lr {history['lr'][-1]:.1e}  {minutes:.1f} min")
         if args.max_minutes and minutes > args.max_minutes:
-            print(f"translate: time budget of {args.max_minutes} min reached")
+            print(f"translation: time budget of {args.max_minutes} min reached")
             break
 
     model.load_state_dict(torch.load(out / "best.pt", map_location="cpu"))
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(average_state([out / f"epoch{e}.pt" for e in top]))
         averaged_bleu = validation_bleu(model, encoder, valid, args)
         print(
-            f"translate: average of epochs {sorted(top)}: valid BLEU {averaged_bleu:.2f} (best single {best_bleu:.2f})"
+            f"translation: average of epochs {sorted(top)}: valid BLEU {averaged_bleu:.2f} (best single {best_bleu:.2f})"
         )
         if averaged_bleu > best_bleu:
             chosen, best_bleu = f"average of epochs {sorted(top)}", averaged_bleu
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                     plot_attention(attns[i], src_pieces, hyp_pieces, out / f"attention_{name}_{i}.png", sources[i])
             else:
                 (out / f"test_{name}.beam.txt").write_text("".join(h + "\n" for h in hyps))
-    plot_curves(history, out / "curves.png", "translate")
+    plot_curves(history, out / "curves.png", "translation")
     write_json(
         out / "metrics.json",
         {
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
             "tokenizer": {"model": "spm.model", "pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID},
         },
     )
-    print(f"translate: wrote {out / 'metrics.json'}")
+    print(f"translation: wrote {out / 'metrics.json'}")
 
 
 if __name__ == "__main__":
