@@ -143,11 +143,14 @@ class Context:
     graph: str
     input: str
     source: Reference
+    shape: tuple[int | str, ...]  # per stream, without the batch axis; its first axis is the source length
+    dtype: str
     pad_value: float | bool
 
     @classmethod
     def parse(cls, f: Fields) -> Context:
         return cls(f.get("graph", str), f.get("input", str), Reference.parse(f.object("from")),
+                   Tensor.parse(Fields({"name": "", **f.data}, f.where, f.path)).shape, f.choice("dtype", DTYPES),
                    f.get("pad_value", (int, float, bool), 0))
 
 
@@ -297,6 +300,15 @@ def _check_wiring(m: Manifest, f: Fields) -> None:
     for name, graph in m.graphs.items():
         if graph.file not in m.files:
             raise ManifestError(f"{f.where}: graphs.{name}.file {graph.file!r} is not listed in 'files'")
+    for name, (inputs, outputs) in type(m.preprocessing).GRAPHS.items():
+        graph = m.graphs.get(name)
+        if graph is None:
+            needed = sorted(type(m.preprocessing).GRAPHS)
+            raise ManifestError(f"{f.where}: graphs.{name} is missing (a {m.task} model needs graphs {needed})")
+        for kind, names in (("inputs", inputs), ("outputs", outputs)):
+            declared = [t.name for t in getattr(graph, kind)]
+            if missing := [n for n in names if n not in declared]:
+                raise ManifestError(f"{f.where}: graphs.{name}.{kind} lacks {missing} (a {m.task} model needs them)")
     for index, state in enumerate(m.state):
         here = f"{f.where}: state[{index}]"
         graph = m.graphs.get(state.graph)
@@ -317,18 +329,13 @@ def _check_wiring(m: Manifest, f: Fields) -> None:
     for index, context in enumerate(m.context):
         here = f"{f.where}: context[{index}]"
         graph = m.graphs.get(context.graph)
-        if graph is None or graph.input(context.input) is None:
+        tensor = None if graph is None else graph.input(context.input)
+        if tensor is None:
             raise ManifestError(f"{here}.input: {context.input!r} is not an input of graph {context.graph!r}")
+        if tensor.dtype != context.dtype or tensor.shape[1:] != context.shape:
+            raise ManifestError(f"{here}: input {tensor.name!r} is {tensor.dtype}{list(tensor.shape)}, "
+                                f"the context says {context.dtype}[batch, {list(context.shape)}]")
         _check_reference(m, context.source, f"{here}.from")
-    for name, (inputs, outputs) in type(m.preprocessing).GRAPHS.items():
-        graph = m.graphs.get(name)
-        if graph is None:
-            needed = sorted(type(m.preprocessing).GRAPHS)
-            raise ManifestError(f"{f.where}: graphs.{name} is missing (a {m.task} model needs graphs {needed})")
-        for kind, names in (("inputs", inputs), ("outputs", outputs)):
-            declared = [t.name for t in getattr(graph, kind)]
-            if missing := [n for n in names if n not in declared]:
-                raise ManifestError(f"{f.where}: graphs.{name}.{kind} lacks {missing} (a {m.task} model needs them)")
     if isinstance(m.preprocessing, ForecastPreprocessing):
         features = m.graphs["step"].input("features")
         if tuple(features.shape[1:]) != (m.preprocessing.features,):

@@ -119,7 +119,7 @@ MANIFEST = {
     "state": [{"graph": "decoder_step", "input": "state", "output": "new_state", "shape": [2], "dtype": "float32",
                "initial": {"graph": "encoder", "output": "state"}}],
     "context": [{"graph": "decoder_step", "input": "keys", "from": {"graph": "encoder", "output": "keys"},
-                 "pad_value": -1.0}],
+                 "shape": ["src"], "dtype": "float32", "pad_value": -1.0}],
     "preprocessing": {"subwords": "spm.model", "pad_id": 0, "unk_id": 1, "bos_id": 2, "eos_id": 3,
                       "source_suffix": [3], "output_length": {"per_source_token": 2, "extra": 10, "max_length": 50}},
 }

@@ -1,0 +1,143 @@
+"""The manifest schema (``contract/manifest.py``) and the shared rules, on the shipped manifests.
+
+Every field of every shipped manifest is deleted in turn: a required one must fail with one
+``ManifestError`` naming the file and the field; the fields that may be missing are listed here.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from contract.forecast import decode, encode, fit_scale, step_inputs
+from contract.manifest import ManifestError, parse_manifest
+from contract.translation import Beam, OutputLength, greedy_tokens
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+TASKS = ("sentiment", "forecast", "translation")
+# For people, or with a default: a manifest without them still loads.
+OPTIONAL = {"description", "model", "metrics", "provenance", "state", "context", "graphs.*.opset",
+            "context[].pad_value", "preprocessing.lowercase", "preprocessing.tokenizer",
+            "preprocessing.trained_horizon", "preprocessing.length_penalty", "preprocessing.beam",
+            "preprocessing.scaling.rule", "preprocessing.value", "preprocessing.features", "preprocessing.rollout"}
+
+
+def generic(name: str) -> str:
+    """``graphs.step.inputs[0].name`` -> ``graphs.*.inputs[].name``."""
+    return re.sub(r"\[\d+\]", "[]", re.sub(r"^graphs\.[^.]+", "graphs.*", name))
+
+
+def optional(name: str) -> bool:
+    """The field or one above it may be missing."""
+    parts = generic(name).split(".")
+    return any(".".join(parts[:i]) in OPTIONAL for i in range(1, len(parts) + 1))
+
+
+def fields(value: Any, path: str = "") -> Iterator[tuple[str, list[str | int]]]:
+    """Every dict key below ``value``: its dotted name and its key path."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for key, child in items:
+        name = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+        keys = [key]
+        if isinstance(key, str):
+            yield name, keys
+        for sub_name, sub_keys in fields(child, name):
+            yield sub_name, keys + sub_keys
+
+
+def without(data: dict, keys: list[str | int]) -> dict:
+    changed = copy.deepcopy(data)
+    parent = changed
+    for key in keys[:-1]:
+        parent = parent[key]
+    del parent[keys[-1]]
+    return changed
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_a_missing_required_field_is_named_with_the_file(task: str) -> None:
+    where = f"models/{task}/1/manifest.json"
+    data = json.loads((MODELS / task / "1" / "manifest.json").read_text())
+    parse_manifest(data, where)
+    checked = 0
+    for name, keys in fields(data):
+        if optional(name) or (keys[0] == "files" and len(keys) > 1):
+            continue
+        with pytest.raises(ManifestError) as error:
+            parse_manifest(without(data, keys), where)
+        message = str(error.value)
+        assert message.startswith(f"{where}: ") and name in message, (name, message)
+        checked += 1
+    assert checked > 20
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_optional_fields_may_be_missing(task: str) -> None:
+    data = json.loads((MODELS / task / "1" / "manifest.json").read_text())
+    dropped = [keys for name, keys in fields(data) if generic(name) in OPTIONAL]
+    assert dropped
+    for keys in dropped:
+        parse_manifest(without(data, keys), "m.json")  # loads
+
+
+def test_wrong_values_are_named() -> None:
+    data = json.loads((MODELS / "forecast" / "1" / "manifest.json").read_text())
+    cases = {
+        ("format",): ("seqserve-manifest/0", "format is 'seqserve-manifest/0'"),
+        ("task",): ("poetry", "task is 'poetry', expected one of"),
+        ("preprocessing", "scaling", "transform"): ("sqrt", "preprocessing.scaling.transform is 'sqrt'"),
+        ("preprocessing", "quantiles"): ([0.1, 0.9], "lacks the median 0.5"),
+        ("preprocessing", "lags"): ([12, "13"], "preprocessing.lags is"),
+        ("preprocessing", "season"): (True, "preprocessing.season is True, expected int"),
+        ("preprocessing", "min_history"): (3, "preprocessing.min_history is 3, the lags need 24"),
+        ("state",): ([{"graph": "step", "input": "h", "output": "nope", "shape": [10, 64], "dtype": "float32",
+                       "initial": 0.0}], "has no paired output"),
+    }
+    for keys, (value, expected) in cases.items():
+        changed = copy.deepcopy(data)
+        parent = changed
+        for key in keys[:-1]:
+            parent = parent[key]
+        parent[keys[-1]] = value
+        with pytest.raises(ManifestError, match=r"^m\.json: ") as error:
+            parse_manifest(changed, "m.json")
+        assert expected in str(error.value), (keys, str(error.value))
+
+
+def test_output_length_works_on_ints_arrays_and_a_cap() -> None:
+    rule = OutputLength(2, 10, 120)
+    assert rule.limit(3) == 16 and rule.limit(100) == 120 and rule.limit(3, cap=12) == 12
+    np.testing.assert_array_equal(rule.limit(np.array([1, 60])), [12, 120])
+    assert rule.source([5, 6, 7], (3,)) == [5, 6, 7, 3]
+    assert OutputLength(2, 10, 3).source([5, 6, 7], (3,)) == [5, 6, 7]
+
+
+def test_greedy_forces_eos_at_the_limit_and_beam_keeps_the_best() -> None:
+    log_probs = np.log(np.array([[0.1, 0.2, 0.6, 0.1], [0.7, 0.1, 0.1, 0.1]]))
+    np.testing.assert_array_equal(greedy_tokens(log_probs, np.array([0, 4]), np.array([5, 5]), eos=3), [2, 3])
+    beam = Beam(2, eos=3, penalty=1.0)
+    origin, token, chosen = beam.advance(np.repeat(log_probs[:1], 2, axis=0), at_limit=False)
+    np.testing.assert_array_equal(origin, [0, 0])  # both from the first row: all rows start identical
+    np.testing.assert_array_equal(token, [2, 1])
+    np.testing.assert_allclose(chosen, np.log([0.6, 0.2]))
+    origin, token, _ = beam.advance(log_probs, at_limit=True)
+    assert token.tolist() == [3, 3] and beam.done
+
+
+def test_forecast_scaling_round_trips_and_step_inputs_read_the_lags() -> None:
+    history = np.array([10.0, 20.0, 30.0, 40.0])
+    scale = fit_scale(history, 2, eps=0.0)
+    assert scale == 35.0
+    z = encode(history, scale, "log")
+    np.testing.assert_allclose(decode(z, scale, "log"), history)
+    inputs = step_inputs(np.arange(24, dtype=np.float64)[None], np.array([13]), 12, (12, 13, 24))
+    assert inputs["value"].tolist() == [[23.0]]
+    assert inputs["features"][0, :12].tolist() == [0, 1] + [0] * 10  # month 13 = February
+    assert inputs["features"][0, 12:].tolist() == [12.0, 11.0, 0.0]
