@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve bench protos install data test lint train-sentiment compare-sentiment train-forecast train-translate models check-models clean
+.PHONY: serve bench protos install data test lint train-sentiment compare-sentiment train-forecast train-translation models check-models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,15 +34,15 @@ compare-sentiment: data
 train-forecast: data
 	$(PY) -m training forecast --out runs/forecast
 
-train-translate: data
-	$(PY) -m training translate --out runs/translate
+train-translation: data
+	$(PY) -m training translation --out runs/translation
 
 # Train with the full settings and export every model into the shipped repository, models/.
 # Each export runs in its own process (see export/__main__.py).
-models: train-sentiment train-forecast train-translate
+models: train-sentiment train-forecast train-translation
 	$(PY) -m export sentiment --checkpoint runs/sentiment/model.pt --out models
 	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models
-	$(PY) -m export translation --checkpoint runs/translate/model.pt --out models
+	$(PY) -m export translation --checkpoint runs/translation/model.pt --out models
 
 # Score the shipped ONNX models on their test splits (ONNX Runtime, no torch).
 check-models: data

@@ -1,4 +1,4 @@
-"""``python -m client {sentiment,forecast,translate,models,health} …``: the API from a terminal."""
+"""``python -m client {sentiment,forecast,translation,models,health} …``: the API from a terminal."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start-month", type=int, default=1, help="month of year of the first value (1 = January)")
     p.add_argument("--model", default="forecast")
     p.set_defaults(run=forecast)
-    p = commands.add_parser("translate", help="tokens as they are decoded")
+    p = commands.add_parser("translation", help="tokens as they are decoded")
     p.add_argument("text", nargs="+")
     p.add_argument("--beam", type=int, default=1)
     p.add_argument("--verbose", "-v", action="store_true", help="one line per token: id, log-prob, attention")

@@ -1,88 +1,43 @@
-"""Sentencepiece BPE without the sentencepiece package: the server's translation tokenizer.
+"""The translation tokenizer: the training run's sentencepiece model, run by the ``sentencepiece`` package.
 
-Export writes the subword model as ``pieces.json`` (``export/subword.py``); this module
-encodes and decodes with it in plain Python, so the server keeps to its five dependencies.
-``tests/test_subword.py`` checks it against sentencepiece itself on every test-split sentence.
-
-Encoding repeats sentencepiece's BPE: normalise (NFKC, collapse whitespace), mark word starts
-with ``▁``, start from single characters, and merge the adjacent pair whose union is the
-highest-scoring piece (leftmost on ties) until none is left, word by word. A character outside the
-vocabulary becomes ``unk_id``, and adjacent unknowns form one ``unk``, as in sentencepiece.
+The model ships as ``spm.model`` (``preprocessing.subwords`` in the manifest), the file that
+training wrote, so the server tokenizes exactly as training did: the ``nmt_nfkc`` normalizer
+(NFKC plus sentencepiece's rules for control and zero-width characters), whitespace collapsing,
+the word-start marker ``▁`` and BPE merges are the library's, not a copy of them. The package is
+small and has no torch; ``docs/translation.md`` has its speed against the plain-Python BPE it
+replaced and the equality check on the whole corpus.
 """
 
 from __future__ import annotations
 
-import json
-import re
-import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
+import sentencepiece
+
 WORD_START = "\u2581"
-NORMAL = 1  # sentencepiece piece type of ordinary pieces; control (3) and unknown (2) never match text
-WORDS = re.compile(f"{WORD_START}[^{WORD_START}]*|[^{WORD_START}]+")  # a normalised text's words
-CACHE_WORDS = 100_000  # words whose ids are kept
 
 
-class SubwordBPE:
+class Subwords:
+    """``encode`` text to ids, ``decode`` ids to text, ``piece`` of one id (``▁`` shown as a space)."""
+
     def __init__(self, path: Path) -> None:
-        spec = json.loads(path.read_text())
-        if spec.get("model_type") != "bpe":
-            raise ValueError(f"{path}: model_type {spec.get('model_type')!r} is not supported (only 'bpe')")
-        self.pieces = [piece for piece, _, _ in spec["pieces"]]
-        self.scores = {piece: score for piece, score, kind in spec["pieces"] if kind == NORMAL}
-        self.ids = {piece: i for i, (piece, _, kind) in enumerate(spec["pieces"]) if kind == NORMAL}
-        self.unk_id = spec["unk_id"]
-        self.add_dummy_prefix = spec.get("add_dummy_prefix", True)
-        self.control = {i for i, (_, _, kind) in enumerate(spec["pieces"]) if kind != NORMAL}
-        if spanning := [piece for piece in self.ids if WORD_START in piece[1:]]:
-            raise ValueError(f"{path}: pieces {spanning[:3]} span words; word-by-word encoding needs none")
-        self.cache: dict[str, tuple[int, ...]] = {}
+        self.path = path
+        self.processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self.unk_id: int = self.processor.unk_id()
+        self.pieces = [self.processor.id_to_piece(i).replace(WORD_START, " ")
+                       for i in range(self.processor.get_piece_size())]
 
-    def normalize(self, text: str) -> str:
-        text = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
-        return (WORD_START if self.add_dummy_prefix and text else "") + text.replace(" ", WORD_START)
+    def __len__(self) -> int:
+        return len(self.pieces)
 
     def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for word in WORDS.findall(self.normalize(text)):
-            for token in self._word(word):
-                if not (token == self.unk_id and ids and ids[-1] == self.unk_id):
-                    ids.append(token)
-        return ids
+        return self.processor.encode(text)
 
-    def _word(self, word: str) -> tuple[int, ...]:
-        """One word's ids. Pieces never contain a word start after their first character (checked on
-        load), so no merge crosses words: encoding word by word gives the whole text's merges, and
-        the words, which repeat, are cached."""
-        cached = self.cache.get(word)
-        if cached is not None:
-            return cached
-        symbols = list(word)
-        while len(symbols) > 1:
-            best, best_score = -1, float("-inf")
-            for i in range(len(symbols) - 1):
-                score = self.scores.get(symbols[i] + symbols[i + 1])
-                if score is not None and score > best_score:
-                    best, best_score = i, score
-            if best < 0:
-                break
-            symbols[best : best + 2] = [symbols[best] + symbols[best + 1]]
-        ids = tuple(self.ids.get(symbol, self.unk_id) for symbol in symbols)
-        if len(self.cache) < CACHE_WORDS:
-            self.cache[word] = ids
-        return ids
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``: control ids (pad, BOS, EOS) are dropped, ``unk`` reads `` ⁇ ``, no leading space."""
+        return self.processor.decode([int(token_id) for token_id in ids])
 
     def piece(self, token_id: int) -> str:
         """The piece as text: the word-start marker becomes a space."""
-        return self.pieces[token_id].replace(WORD_START, " ")
-
-    def decode(self, ids: list[int]) -> str:
-        """Text of ``ids``: control ids are dropped, ``unk`` reads `` ⁇ ``, the dummy prefix's space is removed."""
-        parts: list[str] = []
-        for token_id in ids:
-            if token_id == self.unk_id:
-                parts.append(" \u2047 ")
-            elif token_id not in self.control:
-                text = self.piece(token_id)
-                parts.append(text[1:] if not parts and self.add_dummy_prefix and text.startswith(" ") else text)
-        return "".join(parts)
+        return self.pieces[token_id]

@@ -1,27 +1,32 @@
-"""Write a sentencepiece model as ``pieces.json`` for the server's plain-Python tokenizer."""
+"""Check the training run's sentencepiece model before export ships it as ``spm.model``.
+
+The file ships as it is and ``contract.subword.Subwords`` runs it with the ``sentencepiece``
+package, so the server tokenizes exactly as training did. What is checked here is what the
+manifest states about it: a BPE model (the description says so, and BPE is what was compared with
+the old tokenizer), a normalizer that sentencepiece compiles into the file itself (so the file
+alone defines the text normalization), and the special ids the graphs were trained with.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 BPE = 2  # sentencepiece TrainerSpec.ModelType
+NORMALIZERS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")  # sentencepiece's built-in rules
 
 
-def write_pieces(model_file: Path, out: Path) -> Path:
-    """``{"model_type": "bpe", "unk_id", "add_dummy_prefix", "pieces": [[piece, score, type], ...]}``."""
+def check_subwords(model_file: Path, special_ids: dict[str, int]) -> Path:
+    """``model_file`` if it is a BPE model with a built-in normalizer and these ``{"pad_id": 0, ...}``."""
     from sentencepiece import sentencepiece_model_pb2
 
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(model_file.read_bytes())
-    if proto.trainer_spec.model_type != BPE:
-        raise ValueError(f"{model_file}: only BPE subword models can be served (server/subword.py)")
-    if proto.normalizer_spec.name not in ("nmt_nfkc", "nfkc") or proto.trainer_spec.byte_fallback:
-        raise ValueError(f"{model_file}: normalizer {proto.normalizer_spec.name!r} or byte fallback is not supported")
-    out.write_text(json.dumps({
-        "model_type": "bpe",
-        "unk_id": proto.trainer_spec.unk_id,
-        "add_dummy_prefix": proto.normalizer_spec.add_dummy_prefix,
-        "pieces": [[p.piece, p.score, p.type] for p in proto.pieces],
-    }, ensure_ascii=False))
-    return out
+    trainer, normalizer = proto.trainer_spec, proto.normalizer_spec
+    if trainer.model_type != BPE:
+        raise ValueError(f"{model_file}: model type {trainer.model_type} is not BPE ({BPE})")
+    if normalizer.name not in NORMALIZERS:
+        raise ValueError(f"{model_file}: normalizer {normalizer.name!r} is not one of {NORMALIZERS}")
+    found = {name: getattr(trainer, name) for name in special_ids}
+    if found != special_ids:
+        raise ValueError(f"{model_file}: special ids {found}, the graphs were trained with {special_ids}")
+    return model_file

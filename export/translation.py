@@ -5,12 +5,13 @@ Both graphs are ``training/seq2seq.py``'s ``encode`` and ``step`` as they are, t
 encoder's ``state`` output, and ``encoder_outputs``/``keys``/``mask`` are per-stream context
 (padded per batch, ``mask`` with false). The step returns the full ``log_probs [batch, V]``
 rather than a top-k: greedy, beam search and the streamed log-probability all need them, and an
-in-graph ArgMax measured slower on GPU. The sentencepiece model ships as ``pieces.json`` for the
-server's plain-Python tokenizer (``server/subword.py``), not as ``spm.model``.
+in-graph ArgMax measured slower on GPU. The training run's sentencepiece model ships as it is, as
+``spm.model`` (checked by ``export/subword.py``, run by ``contract.subword.Subwords``).
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 
 from contract.translation import OutputLength
 from export.onnx_io import describe_graph, export_graph, write_manifest
-from export.subword import write_pieces
+from export.subword import check_subwords
 from training.seq2seq import Seq2Seq, Seq2SeqConfig
 from training.translation_data import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -108,7 +109,8 @@ def export(checkpoint: Path, out_dir: Path, metrics: dict[str, Any]) -> Path:
     model = load_model(checkpoint)
     cfg = model.config
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_pieces(checkpoint.parent / "spm.model", out_dir / "pieces.json")
+    special_ids = {"pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID}
+    shutil.copyfile(check_subwords(checkpoint.parent / "spm.model", special_ids), out_dir / "spm.model")
     graphs = export_graphs(model, out_dir)
     keys_dim = cfg.attention_dim if cfg.attention == "bahdanau" else cfg.hidden
     max_length = int(metrics.get("args", {}).get("max_len", 120))
@@ -129,7 +131,7 @@ def export(checkpoint: Path, out_dir: Path, metrics: dict[str, Any]) -> Path:
                    "dtype": "float32", "initial": {"graph": "encoder", "output": "state"}}],
         "context": context,
         "preprocessing": {
-            "subwords": "pieces.json",
+            "subwords": "spm.model",
             "pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID,
             "source_suffix": [EOS_ID],
             "output_length": asdict(OutputLength(max_length=max_length)),

@@ -98,7 +98,9 @@ def test_manifest_declares_symbolic_axes_state_and_context(exported: tuple[Seq2S
                                   "dtype": "float32", "initial": {"graph": "encoder", "output": "state"}}]
     assert [(c["input"], c["pad_value"]) for c in manifest["context"]] == [
         ("encoder_outputs", 0.0), ("keys", 0.0), ("mask", False)]
-    assert sorted(manifest["files"]) == ["decoder_step.onnx", "encoder.onnx", "pieces.json"]
+    assert sorted(manifest["files"]) == ["decoder_step.onnx", "encoder.onnx", "spm.model"]
+    assert manifest["preprocessing"]["subwords"] == "spm.model"
+    assert (model.path / "spm.model").read_bytes() == (model.path.parents[2] / "run" / "spm.model").read_bytes()
     assert manifest["preprocessing"]["output_length"] == {"per_source_token": 2, "extra": 10, "max_length": 40}
     assert manifest["metrics"]["test_greedy_bleu_ding"] == 1.0
 

@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         model.load_state_dict(average_state([out / f"epoch{e}.pt" for e in top]))
         averaged_bleu = validation_bleu(model, encoder, valid, args)
         print(
-            f"translation: average of epochs {sorted(top)}: valid BLEU {averaged_bleu:.2f} (best single {best_bleu:.2f})"
+            f"translation: average of epochs {sorted(top)}: valid BLEU {averaged_bleu:.2f}"
+            f" (best single {best_bleu:.2f})"
         )
         if averaged_bleu > best_bleu:
             chosen, best_bleu = f"average of epochs {sorted(top)}", averaged_bleu

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import translate
+from training import translation
 from training.seq2seq import Seq2Seq, Seq2SeqConfig, beam_search, greedy_decode, smoothed_nll
 from training.translation_data import (
     BOS_ID,
@@ -109,7 +109,7 @@ def test_beam_search_scores_at_least_greedy_hypotheses() -> None:
     src, lengths = padded_batch(40, [6, 4, 8], seed=4)
 
     def log_prob(tokens: list[list[int]]) -> torch.Tensor:
-        tgt = translate.pad([[BOS_ID, *t, EOS_ID] for t in tokens])
+        tgt = translation.pad([[BOS_ID, *t, EOS_ID] for t in tokens])
         scores = model(src, lengths, tgt[:, :-1]).gather(-1, tgt[:, 1:].unsqueeze(-1)).squeeze(-1)
         return (scores * (tgt[:, 1:] != PAD_ID)).sum(-1)
 
@@ -176,8 +176,8 @@ def test_sentencepiece_special_ids(tmp_path: Path) -> None:
 def test_tiny_model_overfits_64_real_pairs(tmp_path: Path) -> None:
     pairs = short_ding_pairs()[:64]
     sp_path = train_sentencepiece([t for p in pairs for t in p], tmp_path / "spm", vocab_size=300)
-    encoder = translate.Encoder(sp_path)
-    batch = translate.collate([(encoder.source(s), encoder.target(t)) for s, t in pairs])
+    encoder = translation.Encoder(sp_path)
+    batch = translation.collate([(encoder.source(s), encoder.target(t)) for s, t in pairs])
     torch.manual_seed(0)
     model = Seq2Seq(Seq2SeqConfig(encoder.sp.get_piece_size(), emb=64, hidden=96, attention_dim=64, dropout=0.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
@@ -187,8 +187,8 @@ def test_tiny_model_overfits_64_real_pairs(tmp_path: Path) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    hyps, _, _ = translate.translate(model, encoder, [s for s, _ in pairs], 1, 1.0, 60)
-    assert translate.score(hyps, [t for _, t in pairs])["bleu"] > 90
+    hyps, _, _ = translation.translate(model, encoder, [s for s, _ in pairs], 1, 1.0, 60)
+    assert translation.score(hyps, [t for _, t in pairs])["bleu"] > 90
 
 
 def short_ding_pairs() -> list[tuple[str, str]]:
@@ -202,8 +202,8 @@ def test_cli_runs_and_resumes_with_tiny_settings(tmp_path: Path) -> None:
     tiny = ["--data-dir", str(DATA), "--out", str(tmp_path / "run"), "--vocab-size", "300", "--emb", "16"]
     tiny += ["--hidden", "16", "--attention-dim", "16", "--max-train-pairs", "100", "--valid-size", "8"]
     tiny += ["--max-test-pairs", "8", "--beam", "3", "--heatmaps", "1", "--average", "2"]
-    translate.main([*tiny, "--epochs", "1"])
-    translate.main([*tiny, "--epochs", "2", "--resume"])
+    translation.main([*tiny, "--epochs", "1"])
+    translation.main([*tiny, "--epochs", "2", "--resume"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert len(metrics["history"]["valid_bleu"]) == 2
     for source in ("ding", "libreoffice_help", "gettext"):
