@@ -44,9 +44,9 @@ models: train-sentiment train-forecast train-translation
 	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models
 	$(PY) -m export translation --checkpoint runs/translation/model.pt --out models
 
-# Score the shipped ONNX models on their test splits (ONNX Runtime, no torch).
+# Score the shipped ONNX models on their test splits (the reference runtime, evaluate/: no torch).
 check-models: data
-	$(PY) -m export.check_shipped models
+	$(PY) -m evaluate models
 
 # Regenerate the gRPC code (protos/seqserve/v1/, git-ignored) after editing protos/.
 protos: $(STAMP)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from export.check_shipped import forecast_quantiles
-from export.onnx_io import describe_graph
 from contract.repository import Model, load_model
+from evaluate import forecast_quantiles
+from export.onnx_io import describe_graph
 from training.forecast import Config, forecast_panel
 from training.forecast_data import HORIZON, Panel
 
@@ -50,7 +50,7 @@ def test_step_rollout_matches_pytorch_for_every_batch_size(exported: tuple) -> N
     model, cfg, shipped = exported
     step = describe_graph(shipped.path / "step.onnx")  # the saved graph, not the manifest's copy
     assert all(tensor["shape"][0] == "batch" for tensor in step["inputs"] + step["outputs"])
-    assert [s["shape"] for s in shipped.state("step")] == [[cfg.members * cfg.layers, cfg.hidden]] * 2
+    assert [s.shape for s in shipped.manifest.state_of("step")] == [(cfg.members * cfg.layers, cfg.hidden)] * 2
 
     panel = synthetic_panel(17)
     expected = forecast_panel(model, panel, cfg.context, cfg.transform)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from export.check_shipped import translation_greedy
 from contract.repository import Model, load_model
+from evaluate import translation_greedy
 from training.seq2seq import Seq2Seq, Seq2SeqConfig, greedy_decode, smoothed_nll
 from training.translation_data import BOS_ID, EOS_ID, PAD_ID, load_sentencepiece, train_sentencepiece
 

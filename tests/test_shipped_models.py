@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from export.check_shipped import EVALUATORS, check
-from server.repository import load_repository
+from contract.repository import load_repository
+from evaluate.check import EVALUATORS, check
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 

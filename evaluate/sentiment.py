@@ -1,0 +1,81 @@
+"""Sentiment with the ``sequence`` graph (a whole text) and the ``step`` graph (a running probability per token)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from contract.manifest import Reference, SentimentPreprocessing
+from contract.repository import Model
+from contract.words import WordTokenizer
+
+STEP, SEQUENCE = "step", "sequence"
+
+
+def preprocessing(model: Model) -> SentimentPreprocessing:
+    pre = model.manifest.preprocessing
+    if not isinstance(pre, SentimentPreprocessing):
+        raise ValueError(f"{model.name}/{model.version} is a {model.task} model, not a sentiment model")
+    return pre
+
+
+def tokenizer(model: Model) -> WordTokenizer:
+    pre = preprocessing(model)
+    return WordTokenizer(model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
+
+
+def sentiment_ids(model: Model, texts: list[str]) -> list[list[int]]:
+    """Every token's id, as the server reads a text."""
+    words = tokenizer(model)
+    return [words.ids(words.tokens(text)) for text in texts]
+
+
+def sentiment_probs(model: Model, texts: list[str]) -> np.ndarray:
+    """Class probabilities ``[N, labels]`` from the ``sequence`` graph, as training scores a text: its
+    first ``max_tokens`` tokens (a text without any reads as one unknown word), all texts in one batch."""
+    pre = preprocessing(model)
+    if not texts:
+        return np.zeros((0, len(pre.labels)), dtype=np.float32)
+    encoded = [ids[: pre.max_tokens] or [pre.unk_id] for ids in sentiment_ids(model, texts)]
+    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+    ids = np.full((len(encoded), int(lengths.max())), pre.pad_id, dtype=np.int64)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = tokens
+    (probs,) = model.sessions[SEQUENCE].run(["probs"], {"ids": ids, "lengths": lengths})
+    return probs
+
+
+def sentiment_steps(model: Model, ids: list[list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The ``step`` graph over every stream at once, one token per stream per step; a stream leaves the
+    batch after its last token. Yields the rows (indices into ``ids``) of each step and their probabilities."""
+    if not ids:
+        return
+    session, specs = model.sessions[STEP], model.manifest.state_of(STEP)
+    if any(isinstance(s.initial, Reference) for s in specs):
+        raise ValueError(f"{model.name}/{model.version}: a sentiment step state must start from a constant")
+    lengths = np.array([len(row) for row in ids])
+    tokens = np.zeros((len(ids), max(int(lengths.max()), 1)), dtype=np.int64)
+    for row, stream in enumerate(ids):
+        tokens[row, : len(stream)] = stream
+    names = [o.name for o in session.get_outputs()]
+    state = {s.input: np.full((len(ids), *s.shape), s.initial, dtype=s.dtype) for s in specs}
+    rows = np.arange(len(ids))
+    for t in range(int(lengths.max())):
+        going = lengths[rows] > t
+        if not going.all():
+            rows, state = rows[going], {k: v[going] for k, v in state.items()}
+        out = dict(zip(names, session.run(names, {"ids": tokens[rows, t], **state}), strict=True))
+        state = {s.input: out[s.output] for s in specs}
+        yield rows, out["probs"]
+
+
+def sentiment_running(model: Model, texts: list[str]) -> list[np.ndarray]:
+    """Per text, the probabilities after each of its tokens ``[tokens, labels]`` (``StreamSentiment``'s updates)."""
+    ids = sentiment_ids(model, texts)
+    labels = len(preprocessing(model).labels)
+    running: list[list[np.ndarray]] = [[] for _ in ids]
+    for rows, probs in sentiment_steps(model, ids):
+        for row, p in zip(rows.tolist(), probs, strict=True):
+            running[row].append(p)
+    return [np.array(r, dtype=np.float32).reshape(-1, labels) for r in running]
