@@ -13,6 +13,14 @@ Systems, per task and per ``N``:
 Option: ``--server-args "--max-wait-ms 2 --ort-spinning true"`` tries other server settings (these two were
 the defaults before the measurements in ``bench/RESULTS.md``).
 Each configuration runs once to warm up, then ``--repeats`` times; the tables hold medians.
+
+Before/after: ``--compare-ref <git-ref>`` also serves that commit (a temporary ``git worktree``,
+its own ``models/``, ``bench/reference.py``) as the system ``server@<ref>`` and measures only
+``server``, ``server@<ref>`` and ``(a) ort``, alternating them repeat by repeat so that all three
+see the same machine load; it prints each ``N``'s ratio after ÷ before.
+
+Results go to ``bench/results/<label>/results.json`` with everything printed in ``results.log``
+beside it (``--label``, default: date, time and host name; ``--json`` names another file).
 """
 
 from __future__ import annotations
@@ -21,22 +29,35 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
+from functools import partial
 from importlib import metadata
 from pathlib import Path
+from typing import TextIO
 
 from bench import baselines, load, workloads
-from bench.report import ratio_table, summary_table
+from bench.reference import Checkout, checkout, git
+from bench.report import compare_table, ratio_table, summary_table
 from bench.stats import Run, Summary, summarize
 
 PACKED = 8  # max_tokens_per_message of the server-packed system
+RESULTS = Path("bench/results")
 Runner = Callable[[workloads.Workload], Run]
 Load = Callable[[load.Served, workloads.Workload], Run]
+
+
+def default_label(compare_ref: str | None) -> str:
+    """``20261126-1057-host`` (``…-vs-<ref>`` for a before/after run)."""
+    label = f"{time.strftime('%Y%m%d-%H%M')}-{socket.gethostname().split('.')[0]}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label + (f"-vs-{compare_ref}" if compare_ref else ""))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,56 +78,105 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--translation-checkpoint",
         type=Path,
-        default=Path("runs/translate/model.pt"),
+        default=Path("runs/translation/model.pt"),
         help="used when the manifest's provenance names no existing checkpoint",
     )
-    p.add_argument("--server-args", default="", help='more server flags for both servers, e.g. "--max-wait-ms 2"')
-    p.add_argument("--json", type=Path, default=Path("bench/results.json"))
-    return p.parse_args(argv)
+    p.add_argument("--server-args", default="", help='more server flags for every server, e.g. "--max-wait-ms 2"')
+    p.add_argument(
+        "--compare-ref",
+        metavar="GIT_REF",
+        help="also serve this commit (a temporary git worktree, its own models/) and compare it with the current "
+        "server: only server, server@REF and (a) run, alternating repeat by repeat",
+    )
+    p.add_argument("--label", help="results go to bench/results/LABEL/ (default: date-time-host)")
+    p.add_argument("--json", type=Path, help="the results file (default: bench/results/LABEL/results.json); "
+                   "the printed output goes beside it with the suffix .log")
+    args = p.parse_args(argv)
+    args.label = args.label or default_label(args.compare_ref)
+    args.json = args.json or RESULTS / args.label / "results.json"
+    return args
 
 
 def measure(name: str, run: Runner, workload: workloads.Workload, repeats: int, warm_streams: int) -> Summary:
     run(workload.take(warm_streams))
-    runs = [run(workload) for _ in range(repeats)]
-    summary = summarize(runs)
+    summary = summarize([run(workload) for _ in range(repeats)])
+    _report(name, workload, summary)
+    return summary
+
+
+def measure_alternating(systems: dict[str, Runner], workload: workloads.Workload, repeats: int,
+                        warm_streams: int) -> dict[str, Summary]:
+    """Each system warmed up, then ``repeats`` rounds that run every system once, in turn."""
+    for run in systems.values():
+        run(workload.take(warm_streams))
+    runs: dict[str, list[Run]] = {name: [] for name in systems}
+    for _ in range(repeats):
+        for name, run in systems.items():
+            runs[name].append(run(workload))
+    summaries = {name: summarize(r) for name, r in runs.items()}
+    for name, summary in summaries.items():
+        _report(name, workload, summary)
+    return summaries
+
+
+def _report(name: str, workload: workloads.Workload, summary: Summary) -> None:
     print(
         f"  {name:<24} N={len(workload.texts):<4} {summary.tokens:>6} tokens  {summary.tokens_per_s:>9.0f} tok/s",
         flush=True,
     )
-    return summary
 
 
-def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summary]] | None:
+def _systems(task: str, args: argparse.Namespace, workload: workloads.Workload) -> tuple[Load, Runner, Runner, Path]:
+    """The task's load (``load.py``), its (a) and (c) loops and the torch checkpoint that (c) needs."""
+    if task == "translation":
+        checkpoint = workloads.checkpoint_of(workload, args.translation_checkpoint)
+        naive = partial(baselines.torch_translation, checkpoint=checkpoint)
+        return load.translate, baselines.ort_translation, naive, checkpoint
+    checkpoint = workloads.checkpoint_of(workload, args.sentiment_checkpoint)
+    naive = partial(baselines.torch_sentiment, checkpoint=checkpoint)
+    return load.stream_sentiment, baselines.ort_sentiment, naive, checkpoint
+
+
+def bench_task(task: str, args: argparse.Namespace, reference: Checkout | None) -> dict[str, dict[int, Summary]] | None:
     model_dir = _model_dir(task, args)
     if model_dir is None:
         print(f"{task}: no model in {args.models / task}: skipped", flush=True)
         return None
-    largest = max(args.streams)
-    workload = (workloads.translation if task == "translation" else workloads.sentiment)(model_dir, largest)
-    if task == "translation":
-        checkpoint = workloads.checkpoint_of(workload, args.translation_checkpoint)
-        streams: Load = load.translate
-        ort, naive = baselines.ort_translation, lambda w: baselines.torch_translation(w, checkpoint)
-    else:
-        checkpoint = workloads.checkpoint_of(workload, args.sentiment_checkpoint)
-        streams = load.stream_sentiment
-        ort, naive = baselines.ort_sentiment, lambda w: baselines.torch_sentiment(w, checkpoint)
-    print(f"{task}: {model_dir}, torch checkpoint {checkpoint}", flush=True)
+    workload = (workloads.translation if task == "translation" else workloads.sentiment)(model_dir, max(args.streams))
+    streams, ort, naive, checkpoint = _systems(task, args, workload)
+    extra = shlex.split(args.server_args)
     results: dict[str, dict[int, Summary]] = {}
+
+    def repeats(n: int) -> int:
+        return args.repeats if n <= 64 else args.repeats_large
+
+    if reference is not None:
+        before = f"server@{reference.ref}"
+        print(f"{task}: {model_dir} against {before} ({reference.commit[:12]}, {reference.models / task})", flush=True)
+        with ExitStack() as stack:
+            served = stack.enter_context(load.serving(args.models, args.server_max_batch, extra))
+            old = stack.enter_context(load.serving(reference.models, args.server_max_batch, extra, root=reference.root))
+            idle = _idle_cpu([served, old])
+            print(f"  servers: {served.package} (pid {served.pid}), {old.package} (pid {old.pid}); "
+                  f"CPU while idle: {idle[0]:.1%}, {idle[1]:.1%} of a core", flush=True)
+            systems = {"server": lambda w: streams(served, w), before: lambda w: streams(old, w), "(a) ort": ort}
+            for n in args.streams:
+                for name, summary in measure_alternating(systems, workload.take(n), repeats(n), n).items():
+                    results.setdefault(name, {})[n] = summary
+        return results
+
+    print(f"{task}: {model_dir}, torch checkpoint {checkpoint}", flush=True)
 
     def each_n(name: str, run: Runner, warm_cap: int | None = None) -> None:
         for n in args.streams:
-            repeats = args.repeats if n <= 64 else args.repeats_large
-            results.setdefault(name, {})[n] = measure(name, run, workload.take(n), repeats, min(n, warm_cap or n))
+            results.setdefault(name, {})[n] = measure(name, run, workload.take(n), repeats(n), min(n, warm_cap or n))
 
-    extra = shlex.split(args.server_args)
-    program = (sys.executable, "-m", "server")
-    with load.serving(args.models, args.server_max_batch, extra, program=program) as served:
+    with load.serving(args.models, args.server_max_batch, extra) as served:
         each_n("server", lambda w: streams(served, w))
         if task == "translation":
             each_n(f"server-packed {PACKED}", lambda w: load.translate(served, w, PACKED))
             each_n("server-whole", lambda w: load.translate_whole(served, w))
-    with load.serving(args.models, 1, extra, program=program) as served:
+    with load.serving(args.models, 1, extra) as served:
         each_n("(b) server max_batch=1", lambda w: streams(served, w))
     each_n("(a) ort", ort)
     if checkpoint.is_file():
@@ -114,6 +184,13 @@ def bench_task(task: str, args: argparse.Namespace) -> dict[str, dict[int, Summa
     else:
         print(f"  (c) torch: no checkpoint {checkpoint}: skipped", flush=True)
     return results
+
+
+def _idle_cpu(servers: list[load.Served], seconds: float = 1.0) -> list[float]:
+    """Each server's CPU use with no calls (cores busy): the servers not being measured should take ~0."""
+    before = [s.cpu_s() for s in servers]
+    time.sleep(seconds)
+    return [(s.cpu_s() - b) / seconds for s, b in zip(servers, before, strict=True)]
 
 
 def _model_dir(task: str, args: argparse.Namespace) -> Path | None:
@@ -143,9 +220,43 @@ def _versions(*packages: str) -> dict[str, str]:
     return found
 
 
+class _Tee:
+    """Writes to the terminal and to the log file."""
+
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextmanager
+def _logged(path: Path) -> Iterator[None]:
+    """Everything printed also goes to ``path``."""
+    with path.open("w") as log:
+        terminal, sys.stdout = sys.stdout, _Tee(sys.stdout, log)  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            sys.stdout = terminal
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server subprocess on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server subprocesses on the way out
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    with _logged(args.json.with_suffix(".log")), ExitStack() as stack:
+        reference = stack.enter_context(checkout(args.compare_ref)) if args.compare_ref else None
+        run(args, argv, reference)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None, reference: Checkout | None) -> None:
     load1, load5, _ = os.getloadavg()
     machine = {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -155,28 +266,33 @@ def main(argv: list[str] | None = None) -> None:
         "python": platform.python_version(),
         "versions": _versions("onnxruntime", "onnxruntime-gpu", "torch", "grpcio", "numpy"),
         "command": shlex.join(["python", "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+        "commit": _commit(),
     }
+    if reference is not None:
+        machine["compare_ref"] = {"ref": reference.ref, "commit": reference.commit}
     print(json.dumps(machine), flush=True)
     results = {}
     for task in args.tasks:
-        if (task_results := bench_task(task, args)) is not None:
+        if (task_results := bench_task(task, args, reference)) is not None:
             results[task] = task_results
-            print(f"\n### {task}\n\n{summary_table(task_results)}\n\n{ratio_table(task_results)}\n", flush=True)
+            tables = [summary_table(task_results), ratio_table(task_results)]
+            if reference is not None:
+                tables.append(compare_table(task_results, f"server@{reference.ref}"))
+            print(f"\n### {task}\n\n" + "\n\n".join(tables) + "\n", flush=True)
     machine["loadavg_after"] = [round(x, 2) for x in os.getloadavg()[:2]]
-    args.json.write_text(
-        json.dumps(
-            {
-                "machine": machine,
-                "results": {
-                    task: {name: {n: asdict(s) for n, s in by_n.items()} for name, by_n in r.items()}
-                    for task, r in results.items()
-                },
-            },
-            indent=1,
-        )
-        + "\n"
-    )
-    print(f"load average after: {machine['loadavg_after']}; wrote {args.json}")
+    results_json = {task: {name: {n: asdict(s) for n, s in by_n.items()} for name, by_n in r.items()}
+                    for task, r in results.items()}
+    args.json.write_text(json.dumps({"machine": machine, "results": results_json}, indent=1) + "\n")
+    print(f"load average after: {machine['loadavg_after']}; wrote {args.json} and {args.json.with_suffix('.log')}")
+
+
+def _commit() -> str:
+    """This checkout's commit, with ``+dirty`` when the working tree has changes."""
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, RuntimeError):
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 - ``ort_*`` (a): the shipped ONNX graphs in ONNX Runtime with the server's session options, all
   ``N`` streams in one batch per step, rows dropped as they finish: the most this machine can do
-  with these graphs, with no RPC, queueing or per-stream bookkeeping.
+  with these graphs, with no RPC, queueing or per-stream bookkeeping. These are the reference
+  runtime's loops (``evaluate.greedy_steps``, ``evaluate.sentiment_steps``), timed step by step.
 - ``torch_*`` (c): a naive server: the PyTorch model in eager mode, one stream per call
   (batch 1), the ``N`` streams served round-robin one step at a time.
 
@@ -16,112 +17,60 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
-
 from bench.stats import Run
 from bench.workloads import Workload
+from contract.repository import Model, load_model
+from contract.sessions import step_sessions
+from evaluate.sentiment import sentiment_steps
+from evaluate.translation import encode, greedy_steps
 from server.config import Config
-from server.engine import session_device, session_factory
 
 
-def _sessions(workload: Workload) -> dict[str, ort.InferenceSession]:
-    make = session_factory(Config())  # the server's defaults: 2 intra-op threads, sequential
-    graphs = workload.manifest["graphs"]
-    return {name: make(workload.model_dir / graph["file"]) for name, graph in graphs.items()}
+def _model(workload: Workload) -> Model:
+    """The workload's model with the server's default session options (2 intra-op threads, no spinning)."""
+    config = Config()
+    sessions = step_sessions(config.intra_op_threads, config.inter_op_threads, config.ort_spinning, config.providers,
+                             config.cuda_tf32)
+    return load_model(workload.model_dir, sessions)
 
 
 def ort_translation(workload: Workload) -> Run:
-    """Batched greedy decoding: one encoder run for all sources, then one decoder run per step.
+    """Batched greedy decoding (``evaluate.greedy_steps``): one encoder run for all sources, then one
+    decoder run per step; a token counts as ready when its step has picked it.
 
     The decoder's state and context stay on the session's device between steps (IO binding, as in
     the server); only the log-probabilities and the attention rows come to the host.
     """
-    manifest, sessions = workload.manifest, _sessions(workload)
-    count = len(workload.ids)
-    src = np.zeros((count, max(map(len, workload.ids))), dtype=np.int64)
-    for row, ids in enumerate(workload.ids):
-        src[row, : len(ids)] = ids
-    arrivals: list[list[float]] = [[] for _ in range(count)]
-    limits = np.array([workload.limit(i) for i in range(count)])
-    step = sessions["decoder_step"]
-    device, names = session_device(step), [o.name for o in step.get_outputs()]
-
-    def on_device(arrays: dict[str, np.ndarray]) -> dict[str, ort.OrtValue]:
-        return {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), device, 0) for k, v in arrays.items()}
-
+    model = _model(workload)
+    arrivals: list[list[float]] = [[] for _ in workload.ids]
     cpu, started = time.process_time(), time.perf_counter()
-    encoded = _named(sessions["encoder"], {"src_ids": src, "src_lengths": np.array([len(i) for i in workload.ids])})
-    states = [s for s in manifest["state"] if s["graph"] == "decoder_step"]
-    state = on_device({s["input"]: encoded[s["initial"]["output"]] for s in states})
-    context = {c["input"]: encoded[c["from"]["output"]] for c in manifest["context"] if c["graph"] == "decoder_step"}
-    context_values = on_device(context)
-    rows = np.arange(count)  # the streams still decoding, in the order of the arrays
-    prev = np.full(count, workload.bos, dtype=np.int64)
-    decoding, rows_stepped = time.perf_counter(), 0
-    for t in range(int(limits.max())):
-        rows_stepped += len(rows)
-        binding = step.io_binding()
-        for name, value in (state | context_values).items():
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_cpu_input("prev_tokens", prev)
-        for name in names:
-            binding.bind_output(name, "cpu" if name in ("log_probs", "attention") else device)
-        step.run_with_iobinding(binding)
-        out = dict(zip(names, binding.get_outputs(), strict=True))
-        state = {s["input"]: out[s["output"]] for s in states}
-        out["attention"].numpy()  # the server sends it: bring it to the host as the server does
-        prev = np.where(t + 1 < limits[rows], out["log_probs"].numpy().argmax(-1), workload.eos)
+    encoded = encode(model, workload.ids)
+    decoding, steps, rows_stepped = time.perf_counter(), 0, 0
+    for step in greedy_steps(model, workload.ids, cap=workload.max_length, encoded=encoded):
         now = time.perf_counter() - started
-        for row in rows[prev != workload.eos]:
+        steps, rows_stepped = steps + 1, rows_stepped + len(step.rows)
+        for row in step.rows[step.tokens != workload.eos].tolist():
             arrivals[row].append(now)
-        going = prev != workload.eos
-        if not going.all():  # re-gather only when a stream ends, as a server would
-            rows, prev = rows[going], prev[going]
-            state = on_device({k: v.numpy()[going] for k, v in state.items()})
-            context = {k: v[going] for k, v in context.items()}
-            context_values = on_device(context)
-        if not len(rows):
-            break
     ended = time.perf_counter()
-    return Run(
-        arrivals,
-        ended - started,
-        time.process_time() - cpu,
-        batch=rows_stepped / (t + 1),
-        step_s=(ended - decoding) / (t + 1),
-    )
+    return Run(arrivals, ended - started, time.process_time() - cpu, batch=rows_stepped / steps,
+               step_s=(ended - decoding) / steps)
 
 
 def ort_sentiment(workload: Workload) -> Run:
-    """All snippets in one batch, one token per stream per step; a stream leaves after its last token."""
-    specs = [s for s in workload.manifest["state"] if s["graph"] == "step"]
-    session = _sessions(workload)["step"]
-    count = len(workload.ids)
-    lengths = np.array([len(ids) for ids in workload.ids])
-    tokens = np.zeros((count, lengths.max()), dtype=np.int64)
-    for row, ids in enumerate(workload.ids):
-        tokens[row, : len(ids)] = ids
-    arrivals: list[list[float]] = [[] for _ in range(count)]
+    """All snippets in one batch, one token per stream per step (``evaluate.sentiment_steps``); a stream
+    leaves after its last token."""
+    model = _model(workload)
+    arrivals: list[list[float]] = [[] for _ in workload.ids]
     cpu, started = time.process_time(), time.perf_counter()
-    state = {s["input"]: np.full((count, *s["shape"]), s["initial"], dtype=s["dtype"]) for s in specs}
-    rows = np.arange(count)
-    for t in range(int(lengths.max())):
-        going = lengths[rows] > t
-        if not going.all():
-            rows, state = rows[going], {k: v[going] for k, v in state.items()}
-        out = _named(session, {"ids": tokens[rows, t], **state})
-        state = {s["input"]: out[s["output"]] for s in specs}
+    steps = 0
+    for rows, _ in sentiment_steps(model, workload.ids):
         now = time.perf_counter() - started
-        for row in rows:
+        steps += 1
+        for row in rows.tolist():
             arrivals[row].append(now)
-    seconds, steps = time.perf_counter() - started, int(lengths.max())
-    return Run(arrivals, seconds, time.process_time() - cpu, batch=lengths.sum() / steps, step_s=seconds / steps)
-
-
-def _named(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feed), strict=True))
+    seconds = time.perf_counter() - started
+    tokens = sum(map(len, workload.ids))
+    return Run(arrivals, seconds, time.process_time() - cpu, batch=tokens / steps, step_s=seconds / steps)
 
 
 def torch_translation(workload: Workload, checkpoint: Path) -> Run:

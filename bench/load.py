@@ -22,23 +22,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.stats import Run
 from bench.workloads import Workload
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
 
 STREAMS_PER_CHANNEL = 64  # HTTP/2 connections share the load the way several clients would
 STEP_GRAPH = {"translation": "decoder_step", "sentiment": "step"}
+ROOT = Path(__file__).resolve().parents[1]  # this checkout: its server is the one measured by default
+# ``python -m server``, after saying which ``server`` package it imported (``serving`` checks it).
+LAUNCH = ("import runpy, sys, server; print('seqserve-bench: server package', server.__path__[0], flush=True); "
+          "runpy.run_module('server', run_name='__main__', alter_sys=True)")
+REPORTED = re.compile(rb"^seqserve-bench: server package (.+)$", re.M)
 
 
 @dataclass(frozen=True)
 class Served:
-    """A running server: its gRPC address, process id and Prometheus port."""
+    """A running server: its gRPC address, process id, Prometheus port and the ``server`` package it runs."""
 
     target: str
     pid: int
     metrics_port: int
+    package: Path
 
     def cpu_s(self) -> float:
         """User plus system CPU seconds of the server process so far (``/proc/<pid>/stat``)."""
@@ -72,17 +78,22 @@ def serving(
     max_batch: int,
     extra: Sequence[str] = (),
     startup_s: float = 120.0,
-    program: Sequence[str] = (sys.executable, "-m", "server"),
+    root: Path = ROOT,
 ) -> Iterator[Served]:
-    """``python -m server`` (or ``program``) on free ports until the block ends, once its health says SERVING.
+    """The server of the checkout at ``root`` on free ports until the block ends, once its health says SERVING.
 
-    ``extra`` are more server flags (``--max-wait-ms 0``).
+    It runs as ``python -m server`` with ``root`` as its working directory, so it imports that
+    checkout's ``server`` package (ahead of this repository's editable install); the package it
+    reports is checked to be ``root/server``. ``extra`` are more server flags (``--max-wait-ms 0``).
     """
+    root = root.resolve()
     port, metrics_port = free_port(), free_port()
     command = [
-        *program,
+        sys.executable,
+        "-c",
+        LAUNCH,
         "--models",
-        str(models),
+        str(models.resolve()),
         "--host",
         "127.0.0.1",
         "--port",
@@ -96,11 +107,15 @@ def serving(
         *extra,
     ]
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
-        served = Served(f"127.0.0.1:{port}", process.pid, metrics_port)
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
         try:
-            _wait_serving(served.target, process, startup_s)
-            yield served
+            _wait_serving(f"127.0.0.1:{port}", process, startup_s)
+            log.seek(0)
+            reported = REPORTED.search(log.read())
+            package = (root / reported.group(1).decode()).resolve() if reported else Path("?")
+            if package != root / "server":
+                raise RuntimeError(f"the server started in {root} runs the package {package}, not {root / 'server'}")
+            yield Served(f"127.0.0.1:{port}", process.pid, metrics_port, package)
         except BaseException:
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace")[-4000:])

@@ -51,3 +51,26 @@ def ratio_table(results: dict[str, dict[int, Summary]]) -> str:
                 lines.append(f"| {n} | {system} | {name} | "
                              + " | ".join("-" if math.isnan(c) else f"{c:.2f}" for c in cells) + " |")
     return "\n".join(lines)
+
+
+def compare_table(results: dict[str, dict[int, Summary]], before: str) -> str:
+    """``server`` (after) against ``before`` (the same server at another commit), measured alternately:
+    after ÷ before, and each one ÷ (a) when (a) was measured alongside."""
+    lines = [
+        f"| N | tokens/s {before} | tokens/s server | after ÷ before | TTFT p50 | ITL p50 | ITL p99 "
+        f"| {before} ÷ (a) | server ÷ (a) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def ratio(a: float, b: float) -> str:
+        return "-" if math.isnan(a) or math.isnan(b) or b <= 0 else f"{a / b:.2f}"
+
+    for n in sorted(results["server"]):
+        after, old = results["server"][n], results[before][n]
+        ort = results.get(BASELINES[0], {}).get(n)
+        limits = [ratio(s.tokens_per_s, ort.tokens_per_s) if ort else "-" for s in (old, after)]
+        lines.append(f"| {n} | {old.tokens_per_s:.0f} | {after.tokens_per_s:.0f} | "
+                     f"{ratio(after.tokens_per_s, old.tokens_per_s)} | {ratio(after.ttft_p50, old.ttft_p50)} | "
+                     f"{ratio(after.itl_p50, old.itl_p50)} | {ratio(after.itl_p99, old.itl_p99)} | "
+                     f"{limits[0]} | {limits[1]} |")
+    return "\n".join(lines)

@@ -1,23 +1,25 @@
 """The benchmark's inputs: real test-split texts, tokenized the way the server tokenizes them.
 
 Every system (server, ONNX Runtime loop, PyTorch loop) gets the same ``N`` texts and the same
-token ids, so their emitted-token counts are directly comparable.
+token ids, so their emitted-token counts are directly comparable. Tokenizers and length limits
+come from ``contract/``, read from the model's manifest.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from server.subword import SubwordBPE
-from server.tokenizers import WordTokenizer
+from contract.manifest import Manifest, SentimentPreprocessing, TranslationPreprocessing
+from contract.repository import read_manifest
+from contract.subword import Subwords
+from contract.translation import OutputLength
+from contract.words import WordTokenizer
+from server.config import Config
 
 TRANSLATION_TEST = Path("data/translation/pairs/libreoffice_help.test.tsv")
 SENTIMENT_CORPUS = Path("data/sentiment/rotten_tomatoes_corpus_full.csv.bz2")
-MAX_DECODE_LEN = 200  # the server's default max_decode_len
 
 
 @dataclass(frozen=True)
@@ -28,18 +30,20 @@ class Workload:
     ids: list[list[int]]  # translation: source ids with EOS; sentiment: one id per emitted token
     bos: int = 0
     eos: int = 0
-    max_length: int = MAX_DECODE_LEN  # translation: the cap on source and output tokens
+    output_length: OutputLength | None = None  # translation: the manifest's length rule
+    max_length: int | None = None  # translation: the server's cap on output tokens (its max_decode_len)
 
     @property
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.model_dir / "manifest.json").read_text())
+    def manifest(self) -> Manifest:
+        return read_manifest(self.model_dir)
 
     def take(self, n: int) -> Workload:
         return replace(self, texts=self.texts[:n], ids=self.ids[:n])
 
     def limit(self, index: int) -> int:
-        """Translation: the decode length limit of text ``index``, EOS included (as the server)."""
-        return min(2 * len(self.ids[index]) + 10, self.max_length)
+        """Translation: the output limit of text ``index``, EOS included (as the server)."""
+        assert self.output_length is not None, "only translation workloads have output limits"
+        return self.output_length.limit(len(self.ids[index]), self.max_length)
 
 
 def newest_version(models: Path, name: str) -> Path | None:
@@ -50,28 +54,30 @@ def newest_version(models: Path, name: str) -> Path | None:
 
 def translation(model_dir: Path, count: int) -> Workload:
     """The first ``count`` English sentences of the LibreOffice-help test split, cut as the server cuts them."""
-    pre = json.loads((model_dir / "manifest.json").read_text())["preprocessing"]
-    max_length = min(pre.get("max_length", MAX_DECODE_LEN), MAX_DECODE_LEN)
-    tokenizer = SubwordBPE(model_dir / pre["subwords"])
+    pre = read_manifest(model_dir).preprocessing
+    assert isinstance(pre, TranslationPreprocessing), f"{model_dir} is not a translation model"
+    tokenizer = Subwords(model_dir / pre.subwords)
     lines = TRANSLATION_TEST.read_text(encoding="utf-8").splitlines()
     texts = [line.split("\t")[0] for line in lines if line.strip()][:count]
-    ids = [[*tokenizer.encode(t), *pre["source_suffix"]][:max_length] for t in texts]
-    return Workload("translation", model_dir, texts, ids, pre["bos_id"], pre["eos_id"], max_length)
+    ids = [pre.output_length.source(tokenizer.encode(text), pre.source_suffix) for text in texts]
+    cap = min(pre.max_length, Config().max_decode_len)  # a request without max_length gets this cap
+    return Workload("translation", model_dir, texts, ids, pre.bos_id, pre.eos_id, pre.output_length, cap)
 
 
 def sentiment(model_dir: Path, count: int) -> Workload:
     """The first ``count`` snippets of the sentiment test split; the server emits one update per token."""
     from training.sentiment_data import split_snippets  # reads the corpus only; no torch
 
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    tokenizer = WordTokenizer(model_dir, manifest["preprocessing"])
+    pre = read_manifest(model_dir).preprocessing
+    assert isinstance(pre, SentimentPreprocessing), f"{model_dir} is not a sentiment model"
+    tokenizer = WordTokenizer(model_dir / pre.vocabulary, pre.unk_id, pre.lowercase)
     texts = [t for t in split_snippets(SENTIMENT_CORPUS)["test"].texts if tokenizer.tokens(t)][:count]
     return Workload("sentiment", model_dir, texts, [tokenizer.ids(tokenizer.tokens(t)) for t in texts])
 
 
 def checkpoint_of(workload: Workload, fallback: Path) -> Path:
     """The torch checkpoint the shipped graphs were exported from (``provenance.command``), else ``fallback``."""
-    words = shlex.split(workload.manifest.get("provenance", {}).get("command", ""))
+    words = shlex.split(workload.manifest.raw.get("provenance", {}).get("command", ""))
     if "--checkpoint" in words and words.index("--checkpoint") + 1 < len(words):
         path = Path(words[words.index("--checkpoint") + 1])
         if path.is_file():
