@@ -6,8 +6,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
-
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from protos.seqserve.v1 import (
     common_pb2,
     forecast_pb2,

@@ -35,7 +35,7 @@ class Config:
     # CPU from the event loop (off measured 26-62 % less CPU per token, bench/RESULTS.md).
     ort_spinning: bool = False
     # TF32 matrix products on CUDA (ONNX Runtime's default) changed a stream's log-probabilities by
-    # up to 1.4e-3 between batch sizes on an H100 (bench/cuda/tf32_on/tests_cuda.log): off, batching does
+    # up to 1.4e-3 between batch sizes on an H100 (bench/results/cuda-h100-tf32-on/tests.log): off, batching does
     # not change results.
     cuda_tf32: bool = False
     max_streams: int = 256  # open streams (state slots) per model version

@@ -43,8 +43,8 @@ def export_tiny(tmp_path: Path, cell: str, pool: str) -> tuple[SentimentModel, P
 def run_steps(model_dir: Path, streams: list[np.ndarray]) -> list[np.ndarray]:
     """Feed every stream token by token in one batch; a stream that has ended keeps its last output."""
     loaded = load_model(model_dir)
-    session, spec = loaded.sessions["step"], loaded.state("step")
-    state = {s["input"]: np.full((len(streams), *s["shape"]), s["initial"], dtype=np.float32) for s in spec}
+    session, spec = loaded.sessions["step"], loaded.manifest.state_of("step")
+    state = {s.input: np.full((len(streams), *s.shape), s.initial, dtype=np.float32) for s in spec}
     outputs = [[] for _ in streams]
     for t in range(max(len(s) for s in streams)):
         active = [i for i, s in enumerate(streams) if t < len(s)]
@@ -54,7 +54,7 @@ def run_steps(model_dir: Path, streams: list[np.ndarray]) -> list[np.ndarray]:
         for row, i in enumerate(active):
             outputs[i].append(results["probs"][row])
         for s in spec:
-            state[s["input"]][active] = results[s["output"]]
+            state[s.input][active] = results[s.output]
     return [np.stack(o) for o in outputs]
 
 

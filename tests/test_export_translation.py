@@ -124,7 +124,8 @@ def test_greedy_translations_match_pytorch_token_for_token(exported: tuple[Seq2S
     torch_model, model = exported
     src = sources(torch_model.config.vocab_size, seed=2)
     expected, _ = greedy_decode(torch_model, *padded(src), max_len=model.manifest.preprocessing.max_length)
-    ended = [len(tokens) < 2 * len(s) + 9 for tokens, s in zip(expected, src, strict=True)]
+    limit = model.manifest.preprocessing.output_length.limit
+    ended = [len(tokens) < limit(len(s)) - 1 for tokens, s in zip(expected, src, strict=True)]
     assert sum(ended) > 10, "most sentences should stop at EOS before the length limit"
     for size in BATCH_SIZES:
         assert translation_greedy(model, src, batch_size=size) == expected

@@ -7,19 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from contract.forecast import EPS, FLOOR, decode, encode, fit_scale, prefix_length
 from training import forecast
 from training.forecast import Config, baseline_forecasts, forecast_panel, scores
 from training.forecast_data import (
-    EPS,
-    FLOOR,
     HORIZON,
     Panel,
-    decode,
-    encode,
-    fit_scale,
     gather_windows,
     load_panel,
-    prefix_length,
     training_windows,
 )
 from training.forecast_model import (
