@@ -106,13 +106,16 @@ def measure(name: str, run: Runner, workload: workloads.Workload, repeats: int, 
 
 def measure_alternating(systems: dict[str, Runner], workload: workloads.Workload, repeats: int,
                         warm_streams: int) -> dict[str, Summary]:
-    """Each system warmed up, then ``repeats`` rounds that run every system once, in turn."""
+    """Each system warmed up, then ``repeats`` rounds that run every system once, in turn; each round
+    starts with the next system, so that none always runs first (right after the in-process loop)."""
     for run in systems.values():
         run(workload.take(warm_streams))
     runs: dict[str, list[Run]] = {name: [] for name in systems}
-    for _ in range(repeats):
-        for name, run in systems.items():
-            runs[name].append(run(workload))
+    names = list(systems)
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            runs[name].append(systems[name](workload))
     summaries = {name: summarize(r) for name, r in runs.items()}
     for name, summary in summaries.items():
         _report(name, workload, summary)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import statistics
 
-from bench.stats import Summary
+from bench.stats import Summary, quartiles
 
 BASELINES = ["(a) ort", "(b) server max_batch=1", "(c) torch"]
 
@@ -17,16 +18,17 @@ def summary_table(results: dict[str, dict[int, Summary]]) -> str:
     """One row per ``N`` and system. ``rows/step`` and ``ms/step`` are those of the step graph
     (for the server: its scheduler's batches, gather and scatter included)."""
     lines = [
-        "| N | system | repeats | tokens | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
+        "| N | system | repeats | tokens | tokens/s | p25–p75 | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
         "| CPU µs/token (server share) | rows/step | ms/step |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sorted(next(iter(results.values()))):
         for name, by_n in results.items():
             s = by_n[n]
             share = f" ({s.server_cpu_share:.0%})" if s.server_cpu_share > 0 else ""
             lines.append(
-                f"| {n} | {name} | {s.repeats} | {s.tokens} | {s.tokens_per_s:.0f} | {_ms(s.ttft_p50)} | "
+                f"| {n} | {name} | {s.repeats} | {s.tokens} | {s.tokens_per_s:.0f} | "
+                f"{s.spread[0]:.0f}–{s.spread[1]:.0f} | {_ms(s.ttft_p50)} | "
                 f"{_ms(s.ttft_p99)} | {_ms(s.itl_p50)} | {_ms(s.itl_p99)} | {s.cpu_us_per_token:.0f}{share} | "
                 f"{s.batch:.1f} | {s.step_ms:.2f} |"
             )
@@ -55,11 +57,12 @@ def ratio_table(results: dict[str, dict[int, Summary]]) -> str:
 
 def compare_table(results: dict[str, dict[int, Summary]], before: str) -> str:
     """``server`` (after) against ``before`` (the same server at another commit), measured alternately:
-    after ÷ before, and each one ÷ (a) when (a) was measured alongside."""
+    after ÷ before (of the medians, and per round: the median and quartiles of the paired ratios,
+    which cancel load that drifts between rounds), and each one ÷ (a) when (a) was measured alongside."""
     lines = [
-        f"| N | tokens/s {before} | tokens/s server | after ÷ before | TTFT p50 | ITL p50 | ITL p99 "
-        f"| {before} ÷ (a) | server ÷ (a) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| N | tokens/s {before} | tokens/s server | after ÷ before | paired, p25–p75 | TTFT p50 | ITL p50 "
+        f"| ITL p99 | {before} ÷ (a) | server ÷ (a) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def ratio(a: float, b: float) -> str:
@@ -69,8 +72,11 @@ def compare_table(results: dict[str, dict[int, Summary]], before: str) -> str:
         after, old = results["server"][n], results[before][n]
         ort = results.get(BASELINES[0], {}).get(n)
         limits = [ratio(s.tokens_per_s, ort.tokens_per_s) if ort else "-" for s in (old, after)]
+        paired = [a / b for a, b in zip(after.runs_tokens_per_s, old.runs_tokens_per_s, strict=True)]
+        low, high = quartiles(paired)
         lines.append(f"| {n} | {old.tokens_per_s:.0f} | {after.tokens_per_s:.0f} | "
-                     f"{ratio(after.tokens_per_s, old.tokens_per_s)} | {ratio(after.ttft_p50, old.ttft_p50)} | "
+                     f"{ratio(after.tokens_per_s, old.tokens_per_s)} | {statistics.median(paired):.2f}, "
+                     f"{low:.2f}–{high:.2f} | {ratio(after.ttft_p50, old.ttft_p50)} | "
                      f"{ratio(after.itl_p50, old.itl_p50)} | {ratio(after.itl_p99, old.itl_p99)} | "
                      f"{limits[0]} | {limits[1]} |")
     return "\n".join(lines)

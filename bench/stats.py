@@ -58,6 +58,16 @@ class Summary:
     server_cpu_share: float  # the server's part of that CPU time
     batch: float  # mean rows per step of the step graph
     step_ms: float  # mean time per step of the step graph
+    runs_tokens_per_s: list[float]  # every repeat's throughput, in the order run: the spread
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        """The 25th and 75th percentiles of the repeats' throughput."""
+        return quartiles(self.runs_tokens_per_s)
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    return float(np.percentile(values, 25)), float(np.percentile(values, 75))
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -78,4 +88,5 @@ def summarize(runs: list[Run]) -> Summary:
         server_cpu_share=median([r.server_cpu_s / (r.cpu_s + r.server_cpu_s) for r in runs]),
         batch=median([r.batch for r in runs]),
         step_ms=median([r.step_s * 1000 for r in runs]),
+        runs_tokens_per_s=[r.tokens_per_s for r in runs],
     )
