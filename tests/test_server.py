@@ -408,8 +408,12 @@ def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running
 
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
 def test_translate_cancel_frees_the_generator_slot(running: Running) -> None:
-    """A greedy stream cancelled mid-way leaves the generator's batch and gives its slot back."""
-    text = "Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard."
+    """A greedy stream cancelled mid-way leaves the generator's batch and gives its slot back.
+
+    The text is long (about 120 output tokens), so the stream is still decoding when the cancel
+    arrives, even on a loaded machine.
+    """
+    text = " ".join(["Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard."] * 5)
 
     async def cancel_midway() -> None:
         async with grpc.aio.insecure_channel(running.target) as channel:
