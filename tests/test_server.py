@@ -413,7 +413,8 @@ def test_translate_cancel_frees_the_generator_slot(running: Running) -> None:
     The text is long (about 120 output tokens), so the stream is still decoding when the cancel
     arrives, even on a loaded machine.
     """
-    text = " ".join(["Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard."] * 5)
+    text = " ".join(["Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard."]
+                    * 5)
 
     async def cancel_midway() -> None:
         async with grpc.aio.insecure_channel(running.target) as channel:
