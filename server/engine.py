@@ -74,6 +74,7 @@ class Scheduler:
         self.graph, self.pool, self.config = graph, pool, graph.config
         self.queue: asyncio.Queue[StepRequest] = asyncio.Queue(self.config.max_queue)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{graph.model.name}-{graph.name}")
+        graph.queues.append(self.queue.qsize)
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -164,6 +165,9 @@ class ModelRunner:
         self.graphs = {name: Graph(model, name, config, metrics) for name in model.manifest.graphs}
         self.pools = {name: StatePool(g) for name, g in self.graphs.items() if g.state}
         self.schedulers = {name: Scheduler(g, self.pools.get(name)) for name, g in self.graphs.items()}
+        provider = ",".join(sorted({g.session.get_providers()[0] for g in self.graphs.values()}))
+        metrics.model_info.labels(model=model.name, version=str(model.version), task=model.task,
+                                  provider=provider).set(1)
 
     def warm_up(self) -> None:
         for graph in self.graphs.values():
