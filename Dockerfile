@@ -45,11 +45,14 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 \
 COPY --from=build /opt/seqserve /opt/seqserve
 COPY models /app/models
 WORKDIR /app
-ENV PATH=/opt/seqserve/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# ORT_DISABLE_TELEMETRY: ONNX Runtime (1.29 and later) reports usage to Microsoft unless this is set, and writes
+# a device id under $HOME, which a read-only root filesystem refuses.
+ENV PATH=/opt/seqserve/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 ORT_DISABLE_TELEMETRY=1
 USER 10001:10001
 EXPOSE 50051 9100
 # grpc.health.v1 on the gRPC port: exit 0 only when SERVING (after every model has warmed up).
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python", "-m", "client", "health"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "client", "--timeout", "4", "health"]
 ENTRYPOINT ["python", "-m", "server"]
 # The server's own default host is loopback-only in hardened builds: a container must listen on all interfaces.
 CMD ["--models", "/app/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9100"]

@@ -8,7 +8,7 @@
 # debootstrap --variant=minbase bookworm, trimmed like the official slim image (no documentation,
 # manual pages or translations, now or in later apt-get installs; no apt caches), then imported as
 # docker.io/library/debian:bookworm-slim, so `FROM debian:bookworm-slim` resolves locally without a pull.
-# The mirror is the one apt on this machine uses (MIRROR=... overrides it).
+# The mirrors are the ones apt on this machine uses (MIRROR=..., SECURITY=... override them).
 set -euo pipefail
 
 ENGINE=${1:-podman}
@@ -20,16 +20,13 @@ if "$ENGINE" image exists "$TAG" 2>/dev/null || "$ENGINE" image inspect "$TAG" >
     exit 0
 fi
 
-mirror() {  # the first Debian URI in apt's own sources (one-line or deb822 format)
-    local uri
-    uri=$(grep -hsE '^\s*(deb\s|URIs:)' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-              /etc/apt/sources.list.d/*.sources |
-          grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -n 1 || true)
-    echo "${uri:-http://deb.debian.org/debian}" | tr -d ' '
+SOURCES=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources)
+uri() {  # the first URI ending in $1 of apt's own sources (one-line or deb822 format)
+    grep -hsE '^\s*(deb\s|URIs:)' "${SOURCES[@]}" | grep -oE "https?://[^ ]+/$1/?( |\$)" | head -n 1 | tr -d ' ' || true
 }
-MIRROR=${MIRROR:-$(mirror)}
-SECURITY=$(grep -hsoE 'https?://[^ ]+/debian-security/?' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
-               /etc/apt/sources.list.d/*.sources | head -n 1 || true)
+MIRROR=${MIRROR:-$(uri debian)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+SECURITY=${SECURITY:-$(uri debian-security)}
 
 ROOTFS=$(mktemp -d /tmp/seqserve-rootfs.XXXXXX)
 trap 'rm -rf "$ROOTFS"' EXIT
