@@ -165,9 +165,13 @@ class ModelRunner:
         self.graphs = {name: Graph(model, name, config, metrics) for name in model.manifest.graphs}
         self.pools = {name: StatePool(g) for name, g in self.graphs.items() if g.state}
         self.schedulers = {name: Scheduler(g, self.pools.get(name)) for name, g in self.graphs.items()}
-        provider = ",".join(sorted({g.session.get_providers()[0] for g in self.graphs.values()}))
         metrics.model_info.labels(model=model.name, version=str(model.version), task=model.task,
-                                  provider=provider).set(1)
+                                  provider=",".join(self.providers)).set(1)
+
+    @property
+    def providers(self) -> list[str]:
+        """Where the graphs run: the first ONNX Runtime provider of each session."""
+        return sorted({graph.session.get_providers()[0] for graph in self.graphs.values()})
 
     def warm_up(self) -> None:
         for graph in self.graphs.values():

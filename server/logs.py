@@ -48,9 +48,8 @@ def summary(config: Config, served: list[Served]) -> list[str]:
     lines = [f"python {platform.python_version()}, " + ", ".join(f"{name} {_version(name)}" for name in VERSIONS)]
     for one in served:
         model, graphs = one.model, one.runner.graphs
-        providers = sorted({graph.session.get_providers()[0] for graph in graphs.values()})
         slots = [f"{name} {graph.slots.capacity}" for name, graph in graphs.items() if graph.slots]
         lines.append(f"model {model.name}/{model.version} ({model.task}): graphs {', '.join(graphs)} on "
-                     f"{', '.join(providers)}; stream slots: {', '.join(slots) or 'none'}")
+                     f"{', '.join(one.runner.providers)}; stream slots: {', '.join(slots) or 'none'}")
     lines.append("configuration: " + " ".join(f"{name}={value}" for name, value in asdict(config).items()))
     return lines
