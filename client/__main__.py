@@ -54,12 +54,17 @@ def models(client: Client, args: argparse.Namespace) -> None:
 
 
 def health(client: Client, args: argparse.Namespace) -> None:
-    print(client.health())
+    """Prints the status; exits 1 unless SERVING (a container health check, a wait loop)."""
+    status = client.health()
+    print(status)
+    if status != "SERVING":
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
     parser.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"))
+    parser.add_argument("--timeout", type=float, help="seconds each call may take (default: no limit)")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("sentiment", help="running probability per token (text arguments or stdin)")
     p.add_argument("text", nargs="*")
@@ -79,9 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="translation")
     p.set_defaults(run=translate)
     commands.add_parser("models", help="the loaded models").set_defaults(run=models)
-    commands.add_parser("health", help="the server's health status").set_defaults(run=health)
+    commands.add_parser("health", help="the server's health status; exit status 1 unless SERVING").set_defaults(
+        run=health)
     args = parser.parse_args(argv)
-    with Client(args.server) as client:
+    with Client(args.server, args.timeout) as client:
         try:
             args.run(client, args)
         except grpc.RpcError as error:

@@ -1,11 +1,13 @@
-"""``python -m server [--flags]``: serve the model repository until SIGTERM or SIGINT."""
+"""``python -m server [--flags]``: serve the model repository until SIGTERM or SIGINT (``--help``: every option)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 
+from server import logs
 from server.app import Server
 from server.config import load_config
 
@@ -13,14 +15,18 @@ log = logging.getLogger("server")
 
 
 async def serve() -> None:
+    started = time.perf_counter()
     config = load_config()
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log_level, config.log_format)
     server = Server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    for line in logs.summary(config, server.served):
+        log.info(line)
+    log.info("SERVING: configured, loaded and warmed up in %.1f s", time.perf_counter() - started)
     await stop.wait()
     log.info("stopping: no new calls, open streams have %.0f s to finish", config.grace_s)
     await server.stop()

@@ -50,9 +50,41 @@ class Config:
     max_decode_len: int = 200  # translation output tokens
     max_beam: int = 8
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (one object per line, for log collectors)
 
 
 FIELDS = {f.name: f for f in fields(Config)}
+
+# What each option does, for --help (which adds its environment variable and default). The reasons
+# for the defaults are in the comments above and in docs/server.md.
+HELP = {
+    "models": "the model repository: a folder of <name>/<version>/manifest.json (docs/manifest.md)",
+    "host": "the gRPC listen address (0.0.0.0: every interface, as a container needs)",
+    "port": "the gRPC port (0: a free one, logged at start)",
+    "metrics_port": "the Prometheus /metrics HTTP port (0: a free one, -1: no metrics endpoint)",
+    "providers": "ONNX Runtime execution providers: auto (CUDA when this ONNX Runtime has it, else CPU) or a comma "
+                 "list such as CUDAExecutionProvider,CPUExecutionProvider",
+    "intra_op_threads": "ONNX Runtime threads inside one graph run, per session",
+    "inter_op_threads": "ONNX Runtime threads across independent nodes, per session",
+    "max_batch": "rows (streams) per batched step of a graph",
+    "max_wait_ms": "how long a batch waits for more steps once one is ready (0: run what is queued at once)",
+    "ort_spinning": "let ONNX Runtime's threads spin-wait between runs (true/false); costs CPU on few cores",
+    "cuda_tf32": "TF32 matrix products on CUDA (true/false); on, batched results differ from solo ones",
+    "max_streams": "open streams (state slots) per model version; a stream beyond it gets RESOURCE_EXHAUSTED",
+    "max_queue": "steps waiting per graph before new ones get RESOURCE_EXHAUSTED",
+    "idle_timeout_s": "seconds a bidirectional stream may stay silent before it is ended (DEADLINE_EXCEEDED)",
+    "grace_s": "seconds open streams get to finish after SIGTERM or SIGINT before they are cancelled",
+    "max_texts": "texts per Classify or TranslateBatch request",
+    "max_text_chars": "characters per text, or per chunk of a stream",
+    "max_stream_tokens": "tokens per StreamSentiment stream",
+    "max_history": "values per forecast history",
+    "max_horizon": "forecast steps per request",
+    "max_decode_len": "translation output tokens at most",
+    "max_beam": "the widest beam a translation request may ask for",
+    "log_level": "Python logging level: DEBUG, INFO, WARNING or ERROR",
+    "log_format": "log lines as text, or json: one JSON object per line (time, level, logger, message)",
+}
+LOG_FORMATS = ("text", "json")
 
 
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -79,14 +111,24 @@ def _apply(config: Config, values: Mapping[str, Any], where: str) -> Config:
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m server", description="seqserve gRPC server")
-    parser.add_argument("--config", default=environ.get("SEQSERVE_CONFIG"), help="JSON file of options")
+    parser = argparse.ArgumentParser(
+        prog="python -m server", description="seqserve: streaming gRPC inference for recurrent ONNX models.",
+        epilog="Each option is read from, in increasing precedence: its default, the JSON file (--config), its "
+               "environment variable, its flag. Health: grpc.health.v1 reports SERVING once every model is warmed "
+               "up. Details: docs/server.md.")
+    parser.add_argument("--config", metavar="FILE", default=environ.get("SEQSERVE_CONFIG"),
+                        help="a JSON object of options by name, e.g. {\"max_batch\": 64} (env SEQSERVE_CONFIG)")
     for name, field in FIELDS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"default {field.default!r}")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                            metavar=type(field.default).__name__.upper(),
+                            help=f"{HELP[name]} (env SEQSERVE_{name.upper()}; default {field.default})")
     args = vars(parser.parse_args(argv))
     config = Config()
     if path := args.pop("config"):
         config = _apply(config, json.loads(Path(path).read_text()), path)
     env = {name: environ[f"SEQSERVE_{name.upper()}"] for name in FIELDS if f"SEQSERVE_{name.upper()}" in environ}
     config = _apply(config, env, "environment")
-    return _apply(config, {k: v for k, v in args.items() if v is not None}, "flags")
+    config = _apply(config, {k: v for k, v in args.items() if v is not None}, "flags")
+    if config.log_format not in LOG_FORMATS:
+        raise ValueError(f"config 'log_format': {config.log_format!r} is not one of {list(LOG_FORMATS)}")
+    return config

@@ -10,6 +10,7 @@ each request's rows of the other outputs are cut back to its own lengths.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,14 @@ class Graph:
         self.pad = getattr(model.manifest.preprocessing, "pad_id", 0)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.slots = Slots(config.max_streams) if self.state else None
+        # What waits for this graph's next batch: one size function per queue in front of it (the
+        # scheduler's, a generation loop's), read when /metrics is scraped, like the slots.
+        self.queues: list[Callable[[], int]] = []
+        held = {**self.labels, "version": str(model.version)}
+        metrics.queue_depth.labels(**held).set_function(lambda: sum(size() for size in self.queues))
+        if self.slots:
+            metrics.slots.labels(**held).set(self.slots.capacity)
+            metrics.slots_in_use.labels(**held).set_function(lambda: self.slots.in_use)
 
     def gather(self, parts: list[Arrays]) -> Arrays:
         """One feed from per-request inputs (each ``[rows, ...]``), padded with the context's or the ids' pad."""

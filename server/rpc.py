@@ -53,7 +53,7 @@ class Call:
 
     def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext) -> None:
         self.metrics, self.method, self.context = metrics, method, context
-        self.model = ""
+        self.model = self.task = ""
         self.started = self.last = time.perf_counter()
         self.results = 0
         self.streaming = False
@@ -64,7 +64,7 @@ class Call:
         return {"model": self.model, "method": self.method}
 
     def use(self, served: Served) -> Served:
-        self.model = served.model.name
+        self.model, self.task = served.model.name, served.model.task
         return served
 
     def stream_opened(self) -> None:
@@ -80,7 +80,7 @@ class Call:
             self.metrics.inter_token.labels(**self.labels).observe(now - self.last)
         self.results += count
         self.last = now
-        self.metrics.emitted.labels(**self.labels).inc(count)
+        self.metrics.results_of(self.task).labels(**self.labels).inc(count)
 
     def finish(self, code: grpc.StatusCode) -> None:
         """Record the call once it is over: a client that went away reads as the end of its stream, so

@@ -47,7 +47,7 @@ class ForecastService(forecast_pb2_grpc.ForecastServicer):
                 await series.observe(new)
                 steps = [step_message(s) async for s in series.forecast(message.horizon or 1, levels)]
                 await context.write(pb.ForecastUpdate(observed=series.observed, steps=steps))
-                call.emitted()
+                call.emitted(len(steps))
                 message = await read(context, call, self.config.idle_timeout_s)
                 if message is not None:
                     task.check_more(list(message.values), message.horizon)

@@ -24,7 +24,7 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
         for index, text in enumerate(request.texts):
             check_text(f"texts[{index}]", text, self.config.max_text_chars)
         results = await asyncio.gather(*(served.task.classify(text) for text in request.texts))
-        call.emitted(len(results))
+        call.emitted(sum(r.tokens for r in results))
         return pb.ClassifyResponse(model=served.model.name, version=served.model.version, labels=served.task.labels,
                                    results=[pb.Classification(probabilities=r.probabilities, label=r.label,
                                                               tokens=r.tokens, truncated=r.truncated)

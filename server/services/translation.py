@@ -49,6 +49,6 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
             check_text(f"texts[{index}]", text, self.config.max_text_chars)
         options = decoding(task, request.options)
         translations = await asyncio.gather(*(task.translate(text, options) for text in request.texts))
-        call.emitted(len(translations))
+        call.emitted(sum(len(t.token_ids) for t in translations))
         return pb.TranslateBatchResponse(translations=[
             pb.Translated(text=t.text, token_ids=t.token_ids, log_prob=t.log_prob) for t in translations])
