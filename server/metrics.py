@@ -1,7 +1,8 @@
 """Prometheus metrics, in a registry of their own (tests start several servers in one process).
 
-Per-request metrics carry ``model`` and ``method`` labels; per-step metrics (queue wait, batch
-size, step duration) belong to a graph and carry ``model`` and ``graph``.
+Per-request metrics carry ``model``, ``method`` and ``protocol`` labels (``seqserve`` for ``seqserve.v1``,
+``kserve`` for ``inference.GRPCInferenceService``: both protocols count in the same series); per-step
+metrics (queue wait, batch size, step duration) belong to a graph and carry ``model`` and ``graph``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.http = None
-        request = ["model", "method"]
+        request = ["model", "method", "protocol"]
         graph = ["model", "graph"]
         r = self.registry
         self.requests = Counter("seqserve_requests", "Finished requests by gRPC status code",
