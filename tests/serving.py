@@ -39,6 +39,11 @@ class Running:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    def total(self, name: str, **labels: str) -> float:
+        """The sum of every sample of ``name`` with ``labels`` (whatever its other labels)."""
+        return sum(float(line.rsplit(" ", 1)[1]) for line in self.metrics().splitlines()
+                   if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
+
     def in_use(self) -> int:
         return sum(graph.slots.in_use for served in self.server.served for graph in served.runner.graphs.values()
                    if graph.slots)

@@ -208,6 +208,11 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         served, found = self._find(request.model_name, request.model_version, "model_")
         call.use(served)
         inputs, params = decode_inputs(request), parameters(request.parameters)
+        declared = [spec.name for spec in found.inputs]
+        for index, tensor in enumerate(request.inputs):
+            if tensor.name not in declared:
+                raise InputError(f"inputs[{index}]: {tensor.name!r} is not an input of model {found.name!r} "
+                                 f"(its inputs: {declared})")
         known = [spec.name for spec in found.outputs]
         for index, output in enumerate(request.outputs):
             if output.name not in known:
