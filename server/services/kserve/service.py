@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -32,6 +30,7 @@ from server.repository import Repository, Served
 from server.rpc import KSERVE, Call, RequestError, internal, lookup, rpc, status
 from server.services.kserve.endpoints import PLATFORM, Endpoint, endpoint
 from server.services.kserve.sequences import Sequences, Turn
+from server.services.kserve.statistics import Statistics, Timing
 from server.services.kserve.tensors import DATATYPES, Params, decode_inputs, encode, flag, parameters
 
 kserve = functools.partial(rpc, protocol=KSERVE)
@@ -57,47 +56,7 @@ class Job:
     params: Params
     outputs: list[str]  # requested outputs; empty: all that the request produces
     turn: Turn | None  # its place in a sequence
-
-
-@dataclass
-class Counts:
-    success: int = 0
-    success_ns: int = 0
-    fail: int = 0
-    fail_ns: int = 0
-    last_ms: int = 0
-
-
-class Statistics:
-    """Per model version, what ``ModelStatistics`` reports (perf_analyzer reads it around each measurement)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, int], Counts] = defaultdict(Counts)
-
-    @contextmanager
-    def timing(self, served: Served) -> Iterator[None]:
-        started, ok = time.perf_counter_ns(), False
-        try:
-            yield
-            ok = True
-        finally:
-            counts = self.counts[(served.model.name, served.model.version)]
-            elapsed = time.perf_counter_ns() - started
-            if ok:
-                counts.success += 1
-                counts.success_ns += elapsed
-            else:
-                counts.fail += 1
-                counts.fail_ns += elapsed
-            counts.last_ms = time.time_ns() // 1_000_000
-
-    def message(self, served: Served) -> pb.ModelStatistics:
-        c = self.counts[(served.model.name, served.model.version)]
-        return pb.ModelStatistics(
-            name=served.model.name, version=str(served.model.version), last_inference=c.last_ms,
-            inference_count=c.success, execution_count=c.success,
-            inference_stats=pb.InferStatistics(success=pb.StatisticDuration(count=c.success, ns=c.success_ns),
-                                               fail=pb.StatisticDuration(count=c.fail, ns=c.fail_ns)))
+    timing: Timing
 
 
 class Writer:
@@ -205,9 +164,11 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
 
     def _admit(self, request: pb.ModelInferRequest, call: Call, owner: object | None) -> Job:
         """Check a request and take its place in its sequence; no ``await`` (sequence requests keep their order)."""
+        timing = Timing()
         served, found = self._find(request.model_name, request.model_version, "model_")
         call.use(served)
         inputs, params = decode_inputs(request), parameters(request.parameters)
+        timing.decoded = time.perf_counter_ns()
         declared = [spec.name for spec in found.inputs]
         for index, tensor in enumerate(request.inputs):
             if tensor.name not in declared:
@@ -231,31 +192,40 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                                         call.labels)
         elif start or end:
             raise InputError("parameters['sequence_start'] and ['sequence_end'] need a parameters['sequence_id']")
-        return Job(request, served, found, inputs, params, [output.name for output in request.outputs], turn)
+        return Job(request, served, found, inputs, params, [output.name for output in request.outputs], turn, timing)
 
     async def _results(self, job: Job, streaming: bool) -> AsyncIterator[Arrays]:
         """The outputs of each response to ``job``: one, or a decoupled model's several on a stream."""
         found, inputs, params, turn = job.endpoint, job.inputs, job.params, job.turn
         if turn is not None:
             yield await self.sequences.run(turn, lambda: found.open(inputs, params),
-                                           lambda state, first: found.step(state, inputs, params, first, turn.end))
-        elif streaming:
+                                           lambda state, first: self._step(job, state, first))
+            return
+        job.timing.started = time.perf_counter_ns()
+        if streaming:
             async for outputs in found.stream(inputs, params):
                 yield outputs
         else:
             yield await found.infer(inputs, params)
 
+    @staticmethod
+    async def _step(job: Job, state: object, first: bool) -> Arrays:
+        """A sequence request, once the requests before it have finished."""
+        job.timing.started = time.perf_counter_ns()
+        return await job.endpoint.step(state, job.inputs, job.params, first, job.turn.end)
+
     def _response(self, job: Job, outputs: Arrays, final: bool | None = None) -> pb.ModelInferResponse:
-        """``outputs`` (only the requested ones, in their order) in ``raw_output_contents``."""
+        """``outputs`` in ``raw_output_contents``: those requested, in their order, that this kind of request
+        produces (perf_analyzer asks for every output of the metadata), or all of them."""
+        started = time.perf_counter_ns()
         response = self._header(job.request, job.served)
-        for name in job.outputs or list(outputs):
-            if name not in outputs:
-                raise InputError(f"outputs: {name!r} is not produced by this request (it produces {list(outputs)})")
+        for name in [name for name in job.outputs if name in outputs] if job.outputs else list(outputs):
             tensor, blob = encode(name, job.endpoint.datatype(name), outputs[name])
             response.outputs.append(tensor)
             response.raw_output_contents.append(blob)
         if final is not None:
             response.parameters[FINAL].bool_param = final
+        job.timing.output_ns += time.perf_counter_ns() - started
         return response
 
     @staticmethod
@@ -275,7 +245,7 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     @kserve("ModelInfer")
     async def ModelInfer(self, request: pb.ModelInferRequest, context, call: Call) -> pb.ModelInferResponse:
         job = self._admit(request, call, owner=None)
-        with self.statistics.timing(job.served):
+        with self.statistics.request(job.served, job.timing):
             async for outputs in self._results(job, streaming=False):
                 response = self._response(job, outputs)
                 self._emitted(call, outputs)
@@ -317,7 +287,7 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             decoupled = job.endpoint.decoupled and job.turn is None
             if decoupled:
                 call.stream_opened()
-            with self.statistics.timing(job.served):
+            with self.statistics.request(job.served, job.timing):
                 async for outputs in self._results(job, streaming=True):
                     await writer.write(pb.ModelStreamInferResponse(
                         infer_response=self._response(job, outputs, final=not decoupled)))
