@@ -1,0 +1,142 @@
+"""``python -m bench.perf_analyzer``: NVIDIA's perf_analyzer against the server's KServe endpoint, beside this
+bench's own load at the same concurrency: a second opinion from a tool we did not write.
+
+For each task and ``N`` it runs, against one server process, this bench's streams (``load.py``: ``N``
+concurrent ``seqserve.v1`` streams, medians of ``--repeats``) and then ``perf_analyzer
+--concurrency-range N`` on ``inference.GRPCInferenceService`` with the same texts
+(``--input-data``, written from ``workloads.py``):
+
+- sentiment: sequences (the model takes ``sequence_id``), one test snippet per sequence, one word per
+  request, so one request gives about one token (``StreamSentiment`` sends a snippet in one message);
+- translation: ``--streaming`` (decoupled): one response per token plus a final one per request.
+
+Results: ``bench/results/<label>/`` gets each perf_analyzer report (``*.log``, its CSV ``*.csv``),
+the input files and ``results.json`` with both tools' figures. The binary: ``$PERF_ANALYZER`` (a
+command line), else the one in the ``perf-analyzer`` wheel, else ``perf_analyzer`` on the PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from importlib.util import find_spec
+from pathlib import Path
+
+from bench import load, workloads
+from bench.stats import summarize
+
+RESULTS = Path("bench/results")
+
+
+def command() -> list[str] | None:
+    """How to start perf_analyzer here, or None when no binary is found."""
+    if os.environ.get("PERF_ANALYZER"):
+        return shlex.split(os.environ["PERF_ANALYZER"])
+    spec = find_spec("perf_analyzer")
+    if spec is not None and spec.origin is not None:
+        binary = Path(spec.origin).parent / "bin" / "perf_analyzer"
+        if binary.is_file():
+            return [str(binary)]
+    found = shutil.which("perf_analyzer")
+    return [found] if found else None
+
+
+def runnable() -> tuple[list[str] | None, str]:
+    """The command and ``""`` when ``perf_analyzer --version`` works, else None and why not."""
+    found = command()
+    if found is None:
+        return None, "no perf_analyzer binary (the perf-analyzer wheel has none for this platform; set PERF_ANALYZER)"
+    try:
+        done = subprocess.run([*found, "--version"], capture_output=True, text=True, timeout=60)
+    except OSError as error:
+        return None, f"{shlex.join(found)} cannot start: {error}"
+    if done.returncode != 0:
+        return None, f"{shlex.join(found)} --version failed: {(done.stderr or done.stdout).strip()[:300]}"
+    return found, ""
+
+
+def sentiment_data(workload: workloads.Workload) -> dict:
+    """One sequence per snippet, one word (and the space after it) per request."""
+    def step(chunk: str) -> dict:
+        return {"TEXT": {"content": [chunk], "shape": [1]}}
+
+    return {"data": [[step(word + " ") for word in text.split()] for text in workload.texts]}
+
+
+def translation_data(workload: workloads.Workload) -> dict:
+    return {"data": [{"TEXT": {"content": [text], "shape": [1]}} for text in workload.texts]}
+
+
+def perf_analyzer(binary: list[str], target: str, task: str, data: Path, n: int, out: Path, window_ms: int,
+                  stability: int = 25, trials: int = 8) -> dict[str, float]:
+    """One perf_analyzer run at concurrency ``n`` (stable when its last 3 windows are within ``stability`` %);
+    its CSV row (the per-second figures, microseconds) as numbers, its report in ``out.log``."""
+    args = [*binary, "-m", task, "-u", target, "-i", "grpc", "--input-data", str(data), "--concurrency-range",
+            str(n), "--measurement-interval", str(window_ms), "--stability-percentage", str(stability),
+            "--max-trials", str(trials), "-f", str(out.with_suffix(".csv"))]
+    if task == "translation":
+        args.append("--streaming")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    out.with_suffix(".log").write_text(f"$ {shlex.join(args)}\n\n{done.stdout}{done.stderr}")
+    if done.returncode != 0:
+        raise RuntimeError(f"perf_analyzer failed ({done.returncode}); see {out.with_suffix('.log')}")
+    with out.with_suffix(".csv").open() as rows:
+        row = next(csv.DictReader(rows))
+    return {key: float(value) for key, value in row.items() if value and value.replace(".", "", 1).isdigit()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.perf_analyzer", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["sentiment", "translation"], choices=["sentiment", "translation"])
+    p.add_argument("--streams", nargs="+", type=int, default=[1, 8, 64])
+    p.add_argument("--repeats", type=int, default=3, help="repeats of this bench's own load per N")
+    p.add_argument("--window-ms", type=int, default=4000, help="perf_analyzer's measurement window")
+    p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--label", default=time.strftime("perf-analyzer-%Y%m%d-%H%M"))
+    args = p.parse_args(argv)
+    binary, why = runnable()
+    if binary is None:
+        sys.exit(f"perf_analyzer cannot run here: {why}")
+    folder = RESULTS / args.label
+    folder.mkdir(parents=True, exist_ok=True)
+    version = subprocess.run([*binary, "--version"], capture_output=True, text=True).stdout.strip()
+    machine = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(), "perf_analyzer": version,
+               "loadavg_before": os.getloadavg()[:2],
+               "command": shlex.join(["python", "-m", "bench.perf_analyzer", *(argv or sys.argv[1:])])}
+    results: dict = {"machine": machine, "results": {}}
+    for task in args.tasks:
+        model_dir = workloads.newest_version(args.models, task)
+        workload = (workloads.translation if task == "translation" else workloads.sentiment)(
+            model_dir, max(args.streams))
+        data = folder / f"{task}-input.json"
+        data.write_text(json.dumps((translation_data if task == "translation" else sentiment_data)(workload)))
+        streams = load.translate if task == "translation" else load.stream_sentiment
+        with load.serving(args.models, 256) as served:
+            for n in args.streams:
+                ours = workload.take(n)
+                streams(served, ours)  # warm-up
+                summary = summarize([streams(served, ours) for _ in range(args.repeats)])
+                report = perf_analyzer(binary, served.target, task, data, n, folder / f"{task}-c{n}", args.window_ms)
+                # perf_analyzer counts responses: translation's include one final (empty) response per request
+                tokens = report.get("Response Throughput", report["Inferences/Second"]) - (
+                    report["Inferences/Second"] if task == "translation" else 0)
+                row = {"bench_tokens_per_s": summary.tokens_per_s, "bench_ttft_p50_ms": summary.ttft_p50 * 1000,
+                       "perf_analyzer_requests_per_s": report["Inferences/Second"],
+                       "perf_analyzer_tokens_per_s": tokens, "perf_analyzer": report}
+                results["results"].setdefault(task, {})[n] = row
+                print(f"{task} N={n}: this bench {summary.tokens_per_s:.0f} tokens/s; perf_analyzer "
+                      f"{report['Inferences/Second']:.1f} requests/s, about {tokens:.0f} tokens/s", flush=True)
+    results["machine"]["loadavg_after"] = os.getloadavg()[:2]
+    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {folder}")
+
+
+if __name__ == "__main__":
+    main()
