@@ -545,16 +545,22 @@ def test_malformed_raw_tensors_are_refused(running: Running) -> None:
 
 def test_an_idle_sequence_ends_is_counted_and_logged(repository: Path, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """One state slot (max_streams 1): a second sequence is refused until the first one's idle timeout frees it."""
     only_gru = tmp_path / "models"
     only_gru.mkdir()
     (only_gru / "gru").symlink_to(repository / "gru", target_is_directory=True)
-    small = Running(replace(CONFIG, models=str(only_gru), sequence_idle_timeout_s=1.0))
+    small = Running(replace(CONFIG, models=str(only_gru), sequence_idle_timeout_s=1.0, max_streams=1))
     try:
         client = triton.InferenceServerClient(small.target)
         x = array_input("x", np.zeros((1, INPUT), dtype=np.float32), "FP32")
         with caplog.at_level(logging.WARNING, logger="server.services.kserve.sequences"):
             client.infer("gru", [x], sequence_id=11, sequence_start=True)
             assert small.in_use() == 1
+            with pytest.raises(InferenceServerException, match="all 1 stream slots are in use") as error:
+                client.infer("gru", [x], sequence_id=99, sequence_start=True)
+            assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+            with pytest.raises(InferenceServerException, match="sequence 99 to model 'gru' must specify the START"):
+                client.infer("gru", [x], sequence_id=99)  # the refused START opened nothing
             assert wait_for(lambda: small.sample("seqserve_sessions_ended_total", reason="idle_timeout") == 1)
         assert small.in_use() == 0 and small.sample("seqserve_active_streams", model="gru") == 0
         assert "sequence 11 to model 'gru': no request for 1 s (sequence_idle_timeout_s)" in caplog.text

@@ -32,6 +32,7 @@ from server.services.kserve.tensors import (
     TensorSpec,
     integer,
     numbers,
+    objects,
     real,
     texts,
 )
@@ -44,9 +45,7 @@ PLATFORM = "seqserve"
 
 
 def strings(values: list[str]) -> np.ndarray:
-    array = np.empty(len(values), dtype=object)
-    array[:] = [value.encode() for value in values]
-    return array
+    return objects([value.encode() for value in values])
 
 
 class Endpoint:

@@ -87,12 +87,16 @@ def decode_inputs(request: pb.ModelInferRequest) -> Arrays:
             elements = list(getattr(tensor.contents, contents))
         if len(elements) != count:
             raise InputError(f"{field}: shape {list(tensor.shape)} holds {count} elements, {len(elements)} were sent")
-        array = np.empty(count, dtype=object) if tensor.datatype == BYTES else None
-        if array is not None:
-            array[:] = elements
-        arrays[tensor.name] = (array if array is not None else np.asarray(elements, dtype=dtype)).reshape(
-            tuple(tensor.shape))
+        array = objects(elements) if tensor.datatype == BYTES else np.asarray(elements, dtype=dtype)
+        arrays[tensor.name] = array.reshape(tuple(tensor.shape))
     return arrays
+
+
+def objects(items: list[bytes]) -> np.ndarray:
+    """A BYTES tensor: a 1-D object array of ``bytes`` (``np.array`` would make a fixed-width ``S`` array)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
 
 
 def texts(arrays: Arrays, name: str) -> list[str]:
@@ -120,9 +124,8 @@ def numbers(arrays: Arrays, name: str, datatype: str) -> list[float]:
 
 def encode(name: str, datatype: str, array: np.ndarray) -> tuple[pb.ModelInferResponse.InferOutputTensor, bytes]:
     """One output: its description and its raw blob."""
-    if datatype == BYTES:
-        items = [item if isinstance(item, bytes) else str(item).encode() for item in array.ravel()]
-        blob = b"".join(struct.pack("<I", len(item)) + item for item in items)
+    if datatype == BYTES:  # an object array of bytes
+        blob = b"".join(struct.pack("<I", len(item)) + item for item in array.ravel())
     else:
         blob = np.ascontiguousarray(array, dtype=DATATYPES[datatype][0]).tobytes()
     return pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape), blob
