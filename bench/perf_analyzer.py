@@ -6,8 +6,10 @@ concurrent ``seqserve.v1`` streams, medians of ``--repeats``) and then ``perf_an
 --concurrency-range N`` on ``inference.GRPCInferenceService`` with the same texts
 (``--input-data``, written from ``workloads.py``):
 
-- sentiment: sequences (the model takes ``sequence_id``), one test snippet per sequence, one word per
-  request, so one request gives about one token (``StreamSentiment`` sends a snippet in one message);
+- sentiment: sequences (the model takes ``sequence_id``), one test snippet per sequence; with ``--chunks
+  snippet`` (the default) the whole snippet is one request (START and END), as this bench's
+  ``StreamSentiment`` sends it in one message, and tokens/s = requests/s × the snippets' mean tokens;
+  with ``--chunks word`` each word is one request, about one token each: a round trip per token;
 - translation: ``--streaming`` (decoupled): one response per token plus a final one per request.
 
 Results: ``bench/results/<label>/`` gets each perf_analyzer report (``*.log``, its CSV ``*.csv``),
@@ -23,6 +25,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -62,11 +65,13 @@ def runnable() -> tuple[list[str] | None, str]:
     return found, ""
 
 
-def sentiment_data(workload: workloads.Workload) -> dict:
-    """One sequence per snippet, one word (and the space after it) per request."""
+def sentiment_data(workload: workloads.Workload, chunks: str = "snippet") -> dict:
+    """One sequence per snippet: the snippet as one request, or one word (and the space after it) per request."""
     def step(chunk: str) -> dict:
         return {"TEXT": {"content": [chunk], "shape": [1]}}
 
+    if chunks == "snippet":
+        return {"data": [[step(text)] for text in workload.texts]}
     return {"data": [[step(word + " ") for word in text.split()] for text in workload.texts]}
 
 
@@ -101,8 +106,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stability", type=int, default=30, help="perf_analyzer's --stability-percentage")
     p.add_argument("--trials", type=int, default=10, help="perf_analyzer's --max-trials")
     p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--chunks", choices=["snippet", "word"], default="snippet", help="sentiment: what one request is")
     p.add_argument("--label", default=time.strftime("perf-analyzer-%Y%m%d-%H%M"))
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the server subprocess on the way out
     binary, why = runnable()
     if binary is None:
         sys.exit(f"perf_analyzer cannot run here: {why}")
@@ -118,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         workload = (workloads.translation if task == "translation" else workloads.sentiment)(
             model_dir, max(args.streams))
         data = folder / f"{task}-input.json"
-        data.write_text(json.dumps((translation_data if task == "translation" else sentiment_data)(workload)))
+        data.write_text(json.dumps(translation_data(workload) if task == "translation"
+                                   else sentiment_data(workload, args.chunks)))
+        # tokens per request: one per word request; a whole snippet's (perf_analyzer cycles through all of them)
+        per_request = sum(map(len, workload.ids)) / len(workload.ids) if args.chunks == "snippet" else 1.0
         streams = load.translate if task == "translation" else load.stream_sentiment
         with load.serving(args.models, 256) as served:
             for n in args.streams:
@@ -136,8 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{task} N={n}: this bench {summary.tokens_per_s:.0f} tokens/s; {error}", flush=True)
                     continue
                 # perf_analyzer counts responses: translation's include one final (empty) response per request
-                tokens = report.get("Response Throughput", report["Inferences/Second"]) - (
-                    report["Inferences/Second"] if task == "translation" else 0)
+                tokens = (report["Response Throughput"] - report["Inferences/Second"] if task == "translation"
+                          else report["Inferences/Second"] * per_request)
                 row |= {"perf_analyzer_requests_per_s": report["Inferences/Second"],
                         "perf_analyzer_tokens_per_s": tokens, "perf_analyzer": report}
                 print(f"{task} N={n}: this bench {summary.tokens_per_s:.0f} tokens/s; perf_analyzer "

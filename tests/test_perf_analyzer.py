@@ -32,8 +32,8 @@ def test_perf_analyzer_measures_the_kserve_endpoint(running: Running, task: str,
     model_dir = ROOT / "models" / task / "1"
     workload = (workloads.translation if task == "translation" else workloads.sentiment)(model_dir, 4)
     data = tmp_path / "input.json"
-    data.write_text(json.dumps((perf_analyzer.translation_data if task == "translation"
-                                else perf_analyzer.sentiment_data)(workload)))
+    data.write_text(json.dumps(perf_analyzer.translation_data(workload) if task == "translation"
+                               else perf_analyzer.sentiment_data(workload, "word")))
     before = running.total("seqserve_requests_total", protocol="kserve", model=task, code="OK")
     report = perf_analyzer.perf_analyzer(BINARY, running.target, task, data, 2, tmp_path / "report", 1000,
                                          stability=100, trials=4)
