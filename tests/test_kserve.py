@@ -599,3 +599,20 @@ def test_both_protocols_count_in_the_same_series(triton_client: triton.Inference
     assert wait_for(lambda: running.sample("seqserve_active_streams", protocol="kserve") == 0)
     statistics = triton_client.get_inference_statistics("sentiment").model_stats[0]
     assert statistics.inference_stats.success.count >= 1 and statistics.inference_stats.success.ns > 0
+
+
+def test_a_request_queued_behind_a_failed_start_is_refused(triton_client: triton.InferenceServerClient,
+                                                           running: Running) -> None:
+    """On one stream a sequence's requests run in order: a START that fails (too short a history) ends the
+    sequence, and the request behind it is refused (if it arrived after the failure: as an unknown id)."""
+    stream = Stream(triton_client)
+    triton_client.async_stream_infer("forecast", [array_input("HISTORY", np.ones(3), "FP64")], request_id="start",
+                                     sequence_id="f", sequence_start=True)
+    triton_client.async_stream_infer("forecast", [array_input("HISTORY", np.ones(1), "FP64")], request_id="next",
+                                     sequence_id="f", sequence_end=True)
+    (first, start_error), (second, next_error) = stream.get(), stream.get()
+    triton_client.stop_stream()
+    assert first is None and "HISTORY (its length) is 3, it must be between 24 and" in start_error.message()
+    assert second is None and ("sequence f to model 'forecast' has ended (error): start it again" in
+                               next_error.message() or "must specify the START flag" in next_error.message())
+    assert wait_for(lambda: running.in_use() == 0)

@@ -31,6 +31,11 @@ Key = tuple[str, int, int | str]  # model name, version, sequence id
 T = TypeVar("T")
 
 
+def describe(key: Key) -> str:
+    name, _, sequence_id = key
+    return f"sequence {sequence_id} to model {name!r}"
+
+
 @dataclass(eq=False)
 class Sequence:
     key: Key
@@ -43,10 +48,6 @@ class Sequence:
     pending: int = 0  # admitted requests that have not finished
     last: asyncio.Event | None = None  # set when the request admitted last has finished
     timer: asyncio.TimerHandle | None = None
-
-    def describe(self) -> str:
-        name, _, sequence_id = self.key
-        return f"sequence {sequence_id} to model {name!r}"
 
 
 @dataclass
@@ -69,14 +70,12 @@ class Sequences:
     def admit(self, key: Key, start: bool, end: bool, owner: object | None, labels: dict[str, str]) -> Turn:
         """Take a request in arrival order (no ``await`` between arrival and this call)."""
         sequence = self.open.get(key)
-        name, _, sequence_id = key
         if start and sequence is not None:
-            raise InputError(f"inference request for sequence {sequence_id} to model {name!r} has a conflict: the "
-                             "sequence is still open (it did not end before this START); send sequence_end first "
-                             "or use another sequence_id")
+            raise InputError(f"inference request for {describe(key)} has a conflict: the sequence is still open (it "
+                             "did not end before this START); send sequence_end first or use another sequence_id")
         if not start and sequence is None:
-            raise InputError(f"inference request for sequence {sequence_id} to model {name!r} must specify the "
-                             "START flag on the first request of the sequence")
+            raise InputError(f"inference request for {describe(key)} must specify the START flag on the first "
+                             "request of the sequence")
         if start:
             sequence = self.open[key] = Sequence(key, owner, labels)
         if end:
@@ -99,7 +98,7 @@ class Sequences:
             if turn.before is not None:
                 await turn.before.wait()
             if sequence.ended:
-                raise InputError(f"{sequence.describe()} has ended ({sequence.ended}): start it again with "
+                raise InputError(f"{describe(sequence.key)} has ended ({sequence.ended}): start it again with "
                                  "sequence_start")
             first = not sequence.opened
             if first:
@@ -135,7 +134,7 @@ class Sequences:
     def _expire(self, sequence: Sequence) -> None:
         if sequence.pending == 0 and not sequence.ended:
             log.warning("%s: no request for %g s (sequence_idle_timeout_s), ending it and freeing its state",
-                        sequence.describe(), self.idle_timeout)
+                        describe(sequence.key), self.idle_timeout)
             self.end(sequence, "idle_timeout")
 
     def end(self, sequence: Sequence, reason: str) -> None:
