@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"perf_analyzer cannot run here: {why}")
     folder = RESULTS / args.label
     folder.mkdir(parents=True, exist_ok=True)
-    version = subprocess.run([*binary, "--version"], capture_output=True, text=True).stdout.strip()
+    said = subprocess.run([*binary, "--version"], capture_output=True, text=True)
+    version = (said.stdout + said.stderr).strip()  # it prints its version on stderr
     machine = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "nproc": os.cpu_count(), "perf_analyzer": version,
                "loadavg_before": os.getloadavg()[:2],
                "command": shlex.join(["python", "-m", "bench.perf_analyzer", *(argv or sys.argv[1:])])}
