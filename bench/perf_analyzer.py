@@ -8,9 +8,13 @@ concurrent ``seqserve.v1`` streams, medians of ``--repeats``) and then ``perf_an
 
 - sentiment: sequences (the model takes ``sequence_id``), one test snippet per sequence; with ``--chunks
   snippet`` (the default) the whole snippet is one request (START and END), as this bench's
-  ``StreamSentiment`` sends it in one message, and tokens/s = requests/s × the snippets' mean tokens;
+  ``StreamSentiment`` sends it in one message;
   with ``--chunks word`` each word is one request, about one token each: a round trip per token;
-- translation: ``--streaming`` (decoupled): one response per token plus a final one per request.
+- translation: ``--streaming`` (decoupled): one response per token plus a final one per request; with
+  ``--tokens-per-message K`` both tools ask for up to K tokens per message (``max_tokens_per_message``).
+
+perf_analyzer reports requests/s; the tokens/s beside this bench's are requests/s × the tokens per
+request of its input data (all the texts' tokens over all their requests).
 
 Results: ``bench/results/<label>/`` gets each perf_analyzer report (``*.log``, its CSV ``*.csv``),
 the input files and ``results.json`` with both tools' figures. The binary: ``$PERF_ANALYZER`` (a
@@ -29,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -80,14 +85,14 @@ def translation_data(workload: workloads.Workload) -> dict:
 
 
 def perf_analyzer(binary: list[str], target: str, task: str, data: Path, n: int, out: Path, window_ms: int,
-                  stability: int = 25, trials: int = 8) -> dict[str, float]:
+                  stability: int = 25, trials: int = 8, tokens_per_message: int = 1) -> dict[str, float]:
     """One perf_analyzer run at concurrency ``n`` (stable when its last 3 windows are within ``stability`` %);
     its CSV row (the per-second figures, microseconds) as numbers, its report in ``out.log``."""
     args = [*binary, "-m", task, "-u", target, "-i", "grpc", "--input-data", str(data), "--concurrency-range",
             str(n), "--measurement-interval", str(window_ms), "--stability-percentage", str(stability),
             "--max-trials", str(trials), "-f", str(out.with_suffix(".csv"))]
     if task == "translation":
-        args.append("--streaming")
+        args += ["--streaming", "--request-parameter", f"max_tokens_per_message:{tokens_per_message}:int"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=900)
     out.with_suffix(".log").write_text(f"$ {shlex.join(args)}\n\n{done.stdout}{done.stderr}")
     if done.returncode != 0:
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stability", type=int, default=30, help="perf_analyzer's --stability-percentage")
     p.add_argument("--trials", type=int, default=10, help="perf_analyzer's --max-trials")
     p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--tokens-per-message", type=int, default=1, help="translation: max_tokens_per_message")
     p.add_argument("--chunks", choices=["snippet", "word"], default="snippet", help="sentiment: what one request is")
     p.add_argument("--label", default=time.strftime("perf-analyzer-%Y%m%d-%H%M"))
     args = p.parse_args(argv)
@@ -125,13 +131,17 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = workloads.newest_version(args.models, task)
         workload = (workloads.translation if task == "translation" else workloads.sentiment)(
             model_dir, max(args.streams))
+        inputs = translation_data(workload) if task == "translation" else sentiment_data(workload, args.chunks)
         data = folder / f"{task}-input.json"
-        data.write_text(json.dumps(translation_data(workload) if task == "translation"
-                                   else sentiment_data(workload, args.chunks)))
-        # tokens per request: one per word request; a whole snippet's (perf_analyzer cycles through all of them)
-        per_request = sum(map(len, workload.ids)) / len(workload.ids) if args.chunks == "snippet" else 1.0
-        streams = load.translate if task == "translation" else load.stream_sentiment
+        data.write_text(json.dumps(inputs))
+        streams = (partial(load.translate, tokens_per_message=args.tokens_per_message) if task == "translation"
+                   else load.stream_sentiment)
         with load.serving(args.models, 256) as served:
+            # perf_analyzer cycles through all the texts: tokens per request = all their tokens / all requests
+            # (translation: the tokens the server emits for them, from one run of this bench's load over all)
+            tokens = (streams(served, workload).tokens if task == "translation" else sum(map(len, workload.ids)))
+            requests = len(inputs["data"]) if task == "translation" else sum(map(len, inputs["data"]))
+            per_request = tokens / requests
             for n in args.streams:
                 ours = workload.take(n)
                 streams(served, ours)  # warm-up
@@ -141,18 +151,17 @@ def main(argv: list[str] | None = None) -> None:
                 results["results"].setdefault(task, {})[n] = row
                 try:
                     report = perf_analyzer(binary, served.target, task, data, n, folder / f"{task}-c{n}",
-                                           args.window_ms, args.stability, args.trials)
+                                           args.window_ms, args.stability, args.trials, args.tokens_per_message)
                 except RuntimeError as error:  # no stable measurement on a busy machine: recorded, not fatal
                     row["perf_analyzer_error"] = str(error)
                     print(f"{task} N={n}: this bench {summary.tokens_per_s:.0f} tokens/s; {error}", flush=True)
                     continue
-                # perf_analyzer counts responses: translation's include one final (empty) response per request
-                tokens = (report["Response Throughput"] - report["Inferences/Second"] if task == "translation"
-                          else report["Inferences/Second"] * per_request)
-                row |= {"perf_analyzer_requests_per_s": report["Inferences/Second"],
-                        "perf_analyzer_tokens_per_s": tokens, "perf_analyzer": report}
+                rate = report["Inferences/Second"] * per_request
+                row |= {"perf_analyzer_requests_per_s": report["Inferences/Second"], "tokens_per_request": per_request,
+                        "perf_analyzer_tokens_per_s": rate, "perf_analyzer": report}
                 print(f"{task} N={n}: this bench {summary.tokens_per_s:.0f} tokens/s; perf_analyzer "
-                      f"{report['Inferences/Second']:.1f} requests/s, about {tokens:.0f} tokens/s", flush=True)
+                      f"{report['Inferences/Second']:.1f} requests/s × {per_request:.1f} = {rate:.0f} tokens/s",
+                      flush=True)
     results["machine"]["loadavg_after"] = os.getloadavg()[:2]
     (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {folder}")
