@@ -15,7 +15,7 @@ from contract.forecast import TRANSFORMS
 from contract.translation import OutputLength
 
 MANIFEST_FORMAT = "seqserve-manifest/1"
-TASKS = ("sentiment", "forecast", "translation")
+TASKS = ("sentiment", "forecast", "translation")  # a manifest without ``task`` is a generic stateful step graph
 DTYPES = ("float32", "int64", "int32", "bool")
 Needs = dict[str, tuple[tuple[str, ...], tuple[str, ...]]]  # graph -> (inputs, outputs) a task reads
 
@@ -254,12 +254,12 @@ PREPROCESSING: dict[str, type[Preprocessing]] = {
 
 @dataclass(frozen=True)
 class Manifest:
-    task: str
+    task: str | None  # None: no task, one step graph served generically with its state (``generic_graph``)
     description: str
     graphs: dict[str, Graph]
     state: tuple[State, ...]
     context: tuple[Context, ...]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None  # None without a task
     files: dict[str, str]  # file name -> sha256
     raw: dict[str, Any]  # the JSON as read: model, metrics and provenance are for people
 
@@ -278,21 +278,47 @@ class Manifest:
     def metrics(self) -> dict[str, Any]:
         return self.raw.get("metrics", {})
 
+    @property
+    def generic_graph(self) -> str:
+        """The one step graph of a manifest without a task."""
+        (name,) = self.graphs
+        return name
+
 
 def parse_manifest(data: Any, where: str) -> Manifest:
     """The validated manifest of ``data`` (parsed JSON); ``where`` names the file in errors."""
     f = Fields(data, where)
     if f.get("format", str) != MANIFEST_FORMAT:
         raise f.error("format", f"is {data['format']!r}, expected {MANIFEST_FORMAT!r}")
-    task = f.choice("task", TASKS)
+    task = f.choice("task", TASKS) if "task" in f.data else None
+    if task is None and "preprocessing" in f.data:
+        raise f.error("task", f"is missing: preprocessing belongs to a task {TASKS} (a manifest without a task is "
+                              "a generic stateful step graph and has no preprocessing)")
     graphs = {name: Graph.parse(f.object("graphs").object(name)) for name in f.get("graphs", dict)}
     files = f.get("files", dict)
+    preprocessing = PREPROCESSING[task].parse(f.object("preprocessing")) if task else None
     manifest = Manifest(
         task, f.get("description", str, ""), graphs, tuple(State.parse(s) for s in f.objects("state", [])),
-        tuple(Context.parse(c) for c in f.objects("context", [])), PREPROCESSING[task].parse(f.object("preprocessing")),
-        files, data)
+        tuple(Context.parse(c) for c in f.objects("context", [])), preprocessing, files, data)
     _check_wiring(manifest, f)
+    if task is None:
+        _check_generic(manifest, f)
     return manifest
+
+
+def _check_generic(m: Manifest, f: Fields) -> None:
+    """A manifest without a task: one step graph, its state pairs declared, each starting from a number."""
+    if len(m.graphs) != 1:
+        raise f.error("graphs", f"has {sorted(m.graphs)}: a manifest without a task serves exactly one step graph")
+    if not m.state:
+        raise f.error("state", "is missing or empty: a manifest without a task is served as a stateful step graph, "
+                               "so it must pair each state input with the output that feeds it")
+    if m.context:
+        raise f.error("context", "is only for task models: a manifest without a task has no context tensors")
+    for index, state in enumerate(m.state):
+        if isinstance(state.initial, Reference):
+            raise ManifestError(f"{f.where}: state[{index}].initial names a graph output: without a task, "
+                                "a state starts from a number")
 
 
 def _check_wiring(m: Manifest, f: Fields) -> None:
@@ -300,10 +326,11 @@ def _check_wiring(m: Manifest, f: Fields) -> None:
     for name, graph in m.graphs.items():
         if graph.file not in m.files:
             raise ManifestError(f"{f.where}: graphs.{name}.file {graph.file!r} is not listed in 'files'")
-    for name, (inputs, outputs) in type(m.preprocessing).GRAPHS.items():
+    needs: Needs = type(m.preprocessing).GRAPHS if m.preprocessing else {}
+    for name, (inputs, outputs) in needs.items():
         graph = m.graphs.get(name)
         if graph is None:
-            needed = sorted(type(m.preprocessing).GRAPHS)
+            needed = sorted(needs)
             raise ManifestError(f"{f.where}: graphs.{name} is missing (a {m.task} model needs graphs {needed})")
         for kind, names in (("inputs", inputs), ("outputs", outputs)):
             declared = [t.name for t in getattr(graph, kind)]

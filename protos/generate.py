@@ -1,10 +1,12 @@
-"""Generate the gRPC Python code beside the ``.proto`` files: ``protos/seqserve/v1/*_pb2*.py`` (git-ignored).
+"""Generate the gRPC Python code beside the ``.proto`` files: ``protos/*/**/*_pb2*.py`` (git-ignored).
 
 Run by every build of the package (``setup.py``: ``pip install .``, ``pip install -e .``, the image), by
 ``make protos`` and by the test session when missing or older than a proto; it needs grpcio-tools (a
 build requirement and the ``dev`` extra), the server itself does not. protoc writes imports after the
-proto paths (``from seqserve.v1 import common_pb2``); they are rewritten to ``protos.seqserve.v1``
-so the generated modules need no ``sys.path`` entry.
+proto paths (``from seqserve.v1 import common_pb2``, ``from inference import kserve_pb2``); they are
+rewritten to ``protos.seqserve.v1`` and ``protos.inference`` so the generated modules need no
+``sys.path`` entry. The packages in ``OWN_POOL`` register in their ``POOL`` instead of protobuf's
+default pool (``protos/inference/__init__.py`` says why).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 
 PROTOS = Path(__file__).resolve().parent
 STAMP = PROTOS / ".generated"
+OWN_POOL = {"inference"}
+DEFAULT_POOL = "_descriptor_pool.Default()"
 
 
 def generate() -> None:
@@ -30,7 +34,12 @@ def generate() -> None:
         raise RuntimeError(f"protoc failed on {files}")
     roots = "|".join(sorted({Path(f).parts[0] for f in files}))
     for path in PROTOS.rglob("*_pb2*.py*"):
-        text = re.sub(rf"^from ({roots})\.", rf"from {PROTOS.name}.\1.", path.read_text(), flags=re.MULTILINE)
+        text = re.sub(rf"^from ({roots})([. ])", rf"from {PROTOS.name}.\1\2", path.read_text(), flags=re.MULTILINE)
+        package = path.relative_to(PROTOS).parts[0]
+        if package in OWN_POOL and DEFAULT_POOL in text:
+            builder = "from google.protobuf.internal import builder as _builder\n"
+            text = text.replace(DEFAULT_POOL, "_POOL").replace(
+                builder, f"{builder}from {PROTOS.name}.{package} import POOL as _POOL\n")
         path.write_text(text)
     STAMP.touch()
 

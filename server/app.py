@@ -1,7 +1,8 @@
 """The server: load and warm up the repository, serve gRPC and ``/metrics``, stop gracefully.
 
-Health (``grpc.health.v1``) and reflection (``grpc.reflection.v1alpha``) come from the
-grpcio-health-checking and grpcio-reflection packages.
+``seqserve.v1`` and ``inference.GRPCInferenceService`` (KServe v2 / Triton) share the port. Health
+(``grpc.health.v1``) and reflection (``grpc.reflection.v1alpha``, for the protobuf default pool: the
+``seqserve.v1`` services) come from the grpcio-health-checking and grpcio-reflection packages.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from protos.inference import kserve_pb2_grpc
 from protos.seqserve.v1 import (
     forecast_pb2,
     forecast_pb2_grpc,
@@ -27,6 +29,7 @@ from server import repository
 from server.config import Config
 from server.metrics import Metrics
 from server.services.forecast import ForecastService
+from server.services.kserve.service import KServeService
 from server.services.models import ModelsService
 from server.services.sentiment import SentimentService
 from server.services.translation import TranslationService
@@ -55,6 +58,8 @@ class Server:
         self.grpc = grpc.aio.server()
         for servicer, register, _ in SERVICES:
             register(servicer(self.models, config, self.metrics), self.grpc)
+        self.kserve = KServeService(self.models, config, self.metrics)
+        kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection([*(name for *_, name in SERVICES), HEALTH, reflection.SERVICE_NAME],
@@ -81,12 +86,15 @@ class Server:
             served.start()
             await asyncio.to_thread(served.warm_up)
         await self.set_health(SERVING)
+        self.kserve.ready = True
         log.info("serving %s on %s:%d, metrics on :%s", sorted(self.models), self.config.host, self.port,
                  self.metrics_port)
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, give open streams ``grace`` seconds, then cancel what is left."""
         await self.set_health(NOT_SERVING)
+        self.kserve.ready = False
         await self.grpc.stop(self.config.grace_s if grace is None else grace)
+        self.kserve.close()
         await asyncio.gather(*(served.stop() for served in self.served))
         self.metrics.close()

@@ -41,6 +41,9 @@ class Config:
     max_streams: int = 256  # open streams (state slots) per model version
     max_queue: int = 1024  # pending steps per graph before RESOURCE_EXHAUSTED
     idle_timeout_s: float = 60.0  # a bidirectional stream with no message for this long is ended
+    # A KServe sequence (sequence_id) with no request for this long is ended and its state freed
+    # (Triton's max_sequence_idle_microseconds).
+    sequence_idle_timeout_s: float = 60.0
     grace_s: float = 10.0  # on SIGTERM, open streams get this long to finish
     max_texts: int = 256  # texts per Classify / TranslateBatch
     max_text_chars: int = 5000  # characters per text or chunk

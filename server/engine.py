@@ -165,7 +165,7 @@ class ModelRunner:
         self.graphs = {name: Graph(model, name, config, metrics) for name in model.manifest.graphs}
         self.pools = {name: StatePool(g) for name, g in self.graphs.items() if g.state}
         self.schedulers = {name: Scheduler(g, self.pools.get(name)) for name, g in self.graphs.items()}
-        metrics.model_info.labels(model=model.name, version=str(model.version), task=model.task,
+        metrics.model_info.labels(model=model.name, version=str(model.version), task=model.task or "generic",
                                   provider=",".join(self.providers)).set(1)
 
     @property

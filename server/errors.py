@@ -26,6 +26,19 @@ def check_text(field: str, text: str, limit: int) -> None:
         raise InputError(f"{field} has {len(text)} characters, the limit is {limit}")
 
 
+def check_texts(field: str, texts: list[str], most: int, limit: int) -> None:
+    """A batch of texts: 1 to ``most`` of them, each one a text (``check_text``); ``field`` names the list."""
+    check_count(f"{field} (their number)", len(texts), 1, most)
+    for index, text in enumerate(texts):
+        check_text(f"{field}[{index}]", text, limit)
+
+
+def check_chunk(field: str, text: str, limit: int) -> None:
+    """A piece of a streamed text: it may be empty, not longer than ``limit``."""
+    if len(text) > limit:
+        raise InputError(f"{field} has {len(text)} characters, the limit is {limit} per chunk")
+
+
 def check_finite(field: str, values: Iterable[float]) -> None:
     for index, value in enumerate(values):
         if not math.isfinite(value):

@@ -1,9 +1,10 @@
 """Prometheus metrics, in a registry of their own (tests start several servers in one process).
 
-Per-request metrics carry ``model`` and ``method`` labels; per-step metrics (queue wait, batch
-size, step duration) belong to a graph and carry ``model`` and ``graph``. The gauges of what a
-model version holds (stream slots, queued work) carry ``model``, ``version`` and ``graph`` and are
-read when scraped. The process and platform collectors add ``process_*`` and ``python_*``.
+Per-request metrics carry ``model``, ``method`` and ``protocol`` labels (``seqserve`` for ``seqserve.v1``,
+``kserve`` for ``inference.GRPCInferenceService``: both protocols count in the same series); per-step
+metrics (queue wait, batch size, step duration) belong to a graph and carry ``model`` and ``graph``. The
+gauges of what a model version holds (stream slots, queued work) carry ``model``, ``version`` and ``graph``
+and are read when scraped. The process and platform collectors add ``process_*`` and ``python_*``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.http = None
-        request = ["model", "method"]
+        request = ["model", "method", "protocol"]
         graph = ["model", "graph"]
         held = ["model", "version", "graph"]
         r = self.registry

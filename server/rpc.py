@@ -17,6 +17,7 @@ from server.repository import Repository, Served
 
 log = logging.getLogger(__name__)
 
+SEQSERVE, KSERVE = "seqserve", "kserve"  # the ``protocol`` label: seqserve.v1, inference.GRPCInferenceService
 
 
 class RequestError(Exception):
@@ -44,15 +45,21 @@ def resolve(repository: Repository, ref: Any, task: str) -> Served:
     """The model for ``ref`` (a ``ModelRef``), which must serve ``task``."""
     served = lookup(repository, ref.name, ref.version)
     if served.model.task != task:
-        raise InputError(f"model.name {ref.name!r} is a {served.model.task} model, this method needs a {task} model")
+        kind = served.model.task or "task-less (generic stateful)"
+        raise InputError(f"model.name {ref.name!r} is a {kind} model, this method needs a {task} model")
     return served
 
 
 class Call:
-    """Metrics of one call: status, duration, time to first result, gaps between results, stream slots."""
+    """Metrics of one call: status, duration, time to first result, gaps between results, stream slots.
 
-    def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext) -> None:
-        self.metrics, self.method, self.context = metrics, method, context
+    ``context`` is the RPC's; without one (a request among others on one stream) the call is
+    recorded as soon as it finishes.
+    """
+
+    def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext | None,
+                 protocol: str = SEQSERVE) -> None:
+        self.metrics, self.method, self.context, self.protocol = metrics, method, context, protocol
         self.model = self.task = ""
         self.started = self.last = time.perf_counter()
         self.results = 0
@@ -61,7 +68,7 @@ class Call:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {"model": self.model, "method": self.method}
+        return {"model": self.model, "method": self.method, "protocol": self.protocol}
 
     def use(self, served: Served) -> Served:
         self.model, self.task = served.model.name, served.model.task
@@ -85,6 +92,9 @@ class Call:
     def finish(self, code: grpc.StatusCode) -> None:
         """Record the call once it is over: a client that went away reads as the end of its stream, so
         only the finished RPC tells whether it was cancelled."""
+        if self.context is None:
+            self._record(code)
+            return
         self.context.add_done_callback(
             lambda context: self._record(grpc.StatusCode.CANCELLED if context.cancelled() else code))
 
@@ -101,7 +111,24 @@ class Call:
 Handler = Callable[..., Awaitable[Any]]
 
 
-def rpc(method: str) -> Callable[[Handler], Handler]:
+def status(error: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The status and message of an error that the client caused or may retry; None for a server fault."""
+    if isinstance(error, RequestError):
+        return error.code, error.message
+    if isinstance(error, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    return None
+
+
+def internal(method: str) -> tuple[grpc.StatusCode, str]:
+    """A server fault, logged with its traceback (call it in an ``except`` block)."""
+    log.exception("%s failed", method)
+    return grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)"
+
+
+def rpc(method: str, protocol: str = SEQSERVE) -> Callable[[Handler], Handler]:
     """Wrap a servicer method ``(self, request, context, call)``: map errors to status codes, count the call.
 
     The server keeps serving after any of them: each ends only its own call.
@@ -110,29 +137,22 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = Call(self.metrics, method, context)
+            call = Call(self.metrics, method, context, protocol)
             try:
                 result = await handler(self, request, context, call)
-            except RequestError as error:
-                call.finish(error.code)
-                await context.abort(error.code, error.message)
-            except InputError as error:
-                call.finish(grpc.StatusCode.INVALID_ARGUMENT)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            except Overloaded as error:
-                call.finish(grpc.StatusCode.RESOURCE_EXHAUSTED)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except asyncio.CancelledError:
                 remaining = context.time_remaining()
                 expired = remaining is not None and remaining <= 0
                 call.finish(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)
                 raise
-            except Exception:
-                if context.code() is not None:  # already aborted inside the handler
-                    raise
-                log.exception("%s failed", method)
-                call.finish(grpc.StatusCode.INTERNAL)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)")
+            except Exception as error:
+                known = status(error)
+                if known is None:
+                    if context.code() is not None:  # already aborted inside the handler
+                        raise
+                    known = internal(method)
+                call.finish(known[0])
+                await context.abort(*known)
             else:
                 call.finish(grpc.StatusCode.OK)
                 return result

@@ -141,3 +141,37 @@ def test_forecast_scaling_round_trips_and_step_inputs_read_the_lags() -> None:
     assert inputs["value"].tolist() == [[23.0]]
     assert inputs["features"][0, :12].tolist() == [0, 1] + [0] * 10  # month 13 = February
     assert inputs["features"][0, 12:].tolist() == [12.0, 11.0, 0.0]
+
+
+def generic_manifest() -> dict:
+    """A manifest without a task: one step graph and its state pair (docs/manifest.md, "Your own step graph")."""
+    def tensor(name: str, size: int) -> dict:
+        return {"name": name, "dtype": "float32", "shape": ["batch", size]}
+
+    return {"format": "seqserve-manifest/1",
+            "graphs": {"step": {"file": "step.onnx", "inputs": [tensor("x", 4), tensor("h", 8)],
+                                "outputs": [tensor("y", 3), tensor("h_next", 8)]}},
+            "state": [{"graph": "step", "input": "h", "output": "h_next", "shape": [8], "dtype": "float32",
+                       "initial": 0.0}],
+            "files": {"step.onnx": "0" * 64}}
+
+
+def test_a_manifest_without_a_task_is_a_generic_step_graph() -> None:
+    manifest = parse_manifest(generic_manifest(), "m.json")
+    assert manifest.task is None and manifest.preprocessing is None and manifest.generic_graph == "step"
+    data = generic_manifest()
+    second = copy.deepcopy(data["graphs"]["step"])
+    cases = [
+        ({"preprocessing": {}}, "m.json: task is missing: preprocessing belongs to a task"),
+        ({"state": []}, "m.json: state is missing or empty: a manifest without a task"),
+        ({"graphs": {**data["graphs"], "other": second}}, "m.json: graphs has ['other', 'step']: a manifest without "
+                                                          "a task serves exactly one step graph"),
+        ({"context": [{"graph": "step", "input": "x", "from": {"graph": "step", "output": "y"}, "shape": [4],
+                       "dtype": "float32"}]}, "m.json: context is only for task models"),
+        ({"state": [{**data["state"][0], "initial": {"graph": "step", "output": "h_next"}}]},
+         "m.json: state[0].initial names a graph output: without a task, a state starts from a number"),
+    ]
+    for change, expected in cases:
+        with pytest.raises(ManifestError) as error:
+            parse_manifest({**generic_manifest(), **change}, "m.json")
+        assert str(error.value).startswith(expected), str(error.value)

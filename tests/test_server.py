@@ -7,9 +7,7 @@ import functools
 import math
 import os
 import re
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serving import Running, wait_for
 
 from client import Client
 from client.__main__ import main as cli
@@ -34,7 +33,6 @@ from protos.seqserve.v1 import (
     translate_pb2,
     translate_pb2_grpc,
 )
-from server.app import Server
 from server.config import Config, load_config
 from training.forecast_data import HORIZON, load_panel
 from training.translation_data import read_tsv
@@ -49,44 +47,6 @@ TEXTS = [
     "A wonderful, moving film with a great cast.", "Dull, lifeless and far too long.",
     "It's not bad, but it isn't good either.", "The best thing I've seen this year!",
 ]
-
-
-class Running:
-    """A ``Server`` on its own event loop in a background thread."""
-
-    def __init__(self, config: Config) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: Server = self.call(self._start(config))
-        self.target = f"127.0.0.1:{self.server.port}"
-
-    async def _start(self, config: Config) -> Server:
-        server = Server(config)
-        await server.start()
-        return server
-
-    def call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
-
-    def metrics(self) -> str:
-        return urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics").read().decode()
-
-    def sample(self, name: str, **labels: str) -> float:
-        """One sample's value from the metrics page (0 when absent)."""
-        for line in self.metrics().splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def in_use(self) -> int:
-        return sum(graph.slots.in_use for served in self.server.served for graph in served.runner.graphs.values()
-                   if graph.slots)
-
-    def stop(self) -> None:
-        self.call(self.server.stop(0.5))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +64,6 @@ def client(running: Running) -> Iterator[Client]:
 
 def chunks_of(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_health_and_reflection(running: Running, client: Client) -> None:

@@ -18,7 +18,7 @@ def model_info(served: Served) -> models_pb2.ModelInfo:
         return json.dumps(raw.get(key, {}), sort_keys=True)
 
     return models_pb2.ModelInfo(
-        name=model.name, version=model.version, task=model.task, description=model.manifest.description,
+        name=model.name, version=model.version, task=model.task or "", description=model.manifest.description,
         graphs=sorted(model.manifest.graphs), model_json=as_json("model"), metrics_json=as_json("metrics"),
         preprocessing_json=as_json("preprocessing"), provenance_json=as_json("provenance"),
     )

@@ -7,7 +7,7 @@ import asyncio
 from protos.seqserve.v1 import sentiment_pb2 as pb
 from protos.seqserve.v1 import sentiment_pb2_grpc
 from server.config import Config
-from server.errors import InputError, check_count, check_text
+from server.errors import check_chunk, check_texts
 from server.metrics import Metrics
 from server.repository import Repository
 from server.rpc import Call, read, resolve, rpc
@@ -20,9 +20,7 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
     @rpc("Classify")
     async def Classify(self, request: pb.ClassifyRequest, context, call: Call) -> pb.ClassifyResponse:
         served = call.use(resolve(self.repository, request.model, "sentiment"))
-        check_count("texts (their number)", len(request.texts), 1, self.config.max_texts)
-        for index, text in enumerate(request.texts):
-            check_text(f"texts[{index}]", text, self.config.max_text_chars)
+        check_texts("texts", list(request.texts), self.config.max_texts, self.config.max_text_chars)
         results = await asyncio.gather(*(served.task.classify(text) for text in request.texts))
         call.emitted(sum(r.tokens for r in results))
         return pb.ClassifyResponse(model=served.model.name, version=served.model.version, labels=served.task.labels,
@@ -40,9 +38,7 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
         with task.stream() as stream:
             call.stream_opened()
             while message is not None:
-                if len(message.text) > self.config.max_text_chars:
-                    raise InputError(f"text has {len(message.text)} characters, the limit is "
-                                     f"{self.config.max_text_chars} per chunk")
+                check_chunk("text", message.text, self.config.max_text_chars)
                 await self._send(stream.feed(message.text), task.labels, context, call)
                 message = await read(context, call, self.config.idle_timeout_s)
             await self._send(stream.finish(), task.labels, context, call)

@@ -7,7 +7,7 @@ import asyncio
 from protos.seqserve.v1 import translate_pb2 as pb
 from protos.seqserve.v1 import translate_pb2_grpc
 from server.config import Config
-from server.errors import check_count, check_text
+from server.errors import check_count, check_text, check_texts
 from server.metrics import Metrics
 from server.repository import Repository
 from server.rpc import Call, resolve, rpc
@@ -44,9 +44,7 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
     async def TranslateBatch(self, request: pb.TranslateBatchRequest, context, call: Call
                              ) -> pb.TranslateBatchResponse:
         task = call.use(resolve(self.repository, request.model, "translation")).task
-        check_count("texts (their number)", len(request.texts), 1, self.config.max_texts)
-        for index, text in enumerate(request.texts):
-            check_text(f"texts[{index}]", text, self.config.max_text_chars)
+        check_texts("texts", list(request.texts), self.config.max_texts, self.config.max_text_chars)
         options = decoding(task, request.options)
         translations = await asyncio.gather(*(task.translate(text, options) for text in request.texts))
         call.emitted(sum(len(t.token_ids) for t in translations))

@@ -1,0 +1,163 @@
+"""Sequences with implicit state, as Triton's sequence batcher keeps them.
+
+A request with ``parameters["sequence_id"]`` (an integer or a string; 0 and "" mean none) belongs to
+a sequence of its model version. ``sequence_start`` opens it (the task adapter's stream: state
+slots, the same ones ``seqserve.v1`` streams use); ``sequence_end`` closes it after that request.
+Requests of one sequence run in the order they arrived, one at a time. The errors are Triton's:
+a request of an id that is not open must carry START; an id still open may not START again.
+
+A sequence ends, and its slots are freed, at its END request, after ``sequence_idle_timeout_s``
+without a request (logged, counted as ``idle_timeout``), when the ``ModelStreamInfer`` stream that
+started it ends (counted as ``cancelled``: a client that went away), when a request of it fails inside
+the server (``error``) or is cancelled, and when the server stops. Each end is counted in
+``seqserve_sessions_ended_total`` and ``seqserve_active_streams`` returns to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from server.errors import InputError
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int, int | str]  # model name, version, sequence id
+T = TypeVar("T")
+
+
+def describe(key: Key) -> str:
+    name, _, sequence_id = key
+    return f"sequence {sequence_id} to model {name!r}"
+
+
+@dataclass(eq=False)
+class Sequence:
+    key: Key
+    owner: object | None  # the stream that started it (None: ModelInfer)
+    labels: dict[str, str]  # model, method (the one that started it), protocol
+    stack: ExitStack | None = field(default_factory=ExitStack)  # the adapter's stream (state slots); None: closed
+    state: Any = None
+    opened: bool = False  # the START request opened the adapter's stream
+    ended: str | None = None  # why it ended
+    pending: int = 0  # admitted requests that have not finished
+    last: asyncio.Event | None = None  # set when the request admitted last has finished
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class Turn:
+    """One admitted request of a sequence: it runs once the one before it has finished."""
+
+    sequence: Sequence
+    before: asyncio.Event | None
+    done: asyncio.Event
+    end: bool
+
+
+class Sequences:
+    """Every open sequence of every model, by key; see the module docstring."""
+
+    def __init__(self, metrics: Metrics, idle_timeout: float) -> None:
+        self.metrics, self.idle_timeout = metrics, idle_timeout
+        self.open: dict[Key, Sequence] = {}
+
+    def admit(self, key: Key, start: bool, end: bool, owner: object | None, labels: dict[str, str]) -> Turn:
+        """Take a request in arrival order (no ``await`` between arrival and this call)."""
+        sequence = self.open.get(key)
+        if start and sequence is not None:
+            raise InputError(f"inference request for {describe(key)} has a conflict: the sequence is still open (it "
+                             "did not end before this START); send sequence_end first or use another sequence_id")
+        if not start and sequence is None:
+            raise InputError(f"inference request for {describe(key)} must specify the START flag on the first "
+                             "request of the sequence")
+        if start:
+            sequence = self.open[key] = Sequence(key, owner, labels)
+        if end:
+            del self.open[key]  # the id may START again at once; this sequence closes after its last request
+        if sequence.timer is not None:
+            sequence.timer.cancel()
+            sequence.timer = None
+        turn = Turn(sequence, sequence.last, asyncio.Event(), end)
+        sequence.last = turn.done
+        sequence.pending += 1
+        return turn
+
+    async def run(self, turn: Turn, opener: Callable[[], AbstractContextManager[Any]],
+                  step: Callable[[Any, bool], Awaitable[T]]) -> T:
+        """Run ``step(state, first)`` once the requests before it have finished; the first request opens the
+        state with ``opener``. A client error (``InputError``) leaves an open sequence as it was; a START
+        that fails, a cancelled request and any other failure end it."""
+        sequence, outcome = turn.sequence, "error"
+        try:
+            if turn.before is not None:
+                await turn.before.wait()
+            if sequence.ended:
+                raise InputError(f"{describe(sequence.key)} has ended ({sequence.ended}): start it again with "
+                                 "sequence_start")
+            first = not sequence.opened
+            if first:
+                sequence.state = sequence.stack.enter_context(opener())
+                sequence.opened = True
+                self.metrics.active_streams.labels(**sequence.labels).inc()
+            result = await step(sequence.state, first)
+            outcome = "ok"
+            return result
+        except InputError:
+            outcome = "ok" if sequence.opened else "error"
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            sequence.pending -= 1
+            turn.done.set()
+            if outcome != "ok":
+                self.end(sequence, outcome)
+            elif turn.end or sequence.ended:
+                self.end(sequence, "completed")  # (an earlier reason stands)
+            elif sequence.pending == 0:
+                sequence.timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, sequence)
+
+    def abandon(self, turn: Turn) -> None:
+        """A request that was admitted but never ran (its stream went away first): it ends its sequence."""
+        if not turn.done.is_set():
+            turn.sequence.pending -= 1
+            turn.done.set()
+            self.end(turn.sequence, "cancelled")
+
+    def _expire(self, sequence: Sequence) -> None:
+        if sequence.pending == 0 and not sequence.ended:
+            log.warning("%s: no request for %g s (sequence_idle_timeout_s), ending it and freeing its state",
+                        describe(sequence.key), self.idle_timeout)
+            self.end(sequence, "idle_timeout")
+
+    def end(self, sequence: Sequence, reason: str) -> None:
+        """End ``sequence`` for ``reason``: at once, or after its requests in flight have finished."""
+        if not sequence.ended:
+            sequence.ended = reason
+            if self.open.get(sequence.key) is sequence:
+                del self.open[sequence.key]
+            if sequence.timer is not None:
+                sequence.timer.cancel()
+        if sequence.pending or sequence.stack is None:
+            return
+        sequence.stack.close()
+        sequence.stack = None
+        if sequence.opened:
+            self.metrics.active_streams.labels(**sequence.labels).dec()
+            self.metrics.sessions_ended.labels(**sequence.labels, reason=sequence.ended).inc()
+
+    def end_owned(self, owner: object, reason: str) -> None:
+        """End every sequence that ``owner`` (a stream) started."""
+        for sequence in [s for s in self.open.values() if s.owner is owner]:
+            self.end(sequence, reason)
+
+    def end_all(self, reason: str) -> None:
+        for sequence in list(self.open.values()):
+            self.end(sequence, reason)

@@ -1,0 +1,70 @@
+"""A model without a task: one step graph whose state pairs the manifest declares (``docs/manifest.md``).
+
+The server keeps each sequence's state in the graph's stream slots, as for every other stream: a
+``Steps`` feeds the graph's other inputs one row per step, returns its other outputs and writes the
+new state back for the next step. Steps of many sequences are batched by the engine's scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from contract.manifest import Tensor
+from server.config import Config
+from server.engine import ModelRunner
+from server.errors import InputError, check_finite
+from server.graph import Arrays
+
+
+class StatefulTask:
+    workers: tuple = ()
+
+    def __init__(self, runner: ModelRunner, config: Config) -> None:
+        self.runner, self.config = runner, config
+        manifest = runner.model.manifest
+        self.graph = manifest.generic_graph
+        declared, state = manifest.graphs[self.graph], manifest.state_of(self.graph)
+        self.state = state
+        self.inputs: list[Tensor] = [t for t in declared.inputs if t.name not in {s.input for s in state}]
+        self.outputs: list[Tensor] = [t for t in declared.outputs if t.name not in {s.output for s in state}]
+
+    def check(self, inputs: Arrays) -> None:
+        """One step's inputs: every declared one, one row, the declared dtype and sizes, finite numbers."""
+        names = [t.name for t in self.inputs]
+        if unknown := sorted(set(inputs) - set(names)):
+            raise InputError(f"inputs {unknown} are not inputs of this model (its inputs: {names})")
+        for tensor in self.inputs:
+            if tensor.name not in inputs:
+                raise InputError(f"input {tensor.name!r} is missing (the model's inputs: {names})")
+            value = inputs[tensor.name]
+            if value.dtype != np.dtype(tensor.dtype):
+                raise InputError(f"input {tensor.name!r} is {value.dtype}, the model takes {tensor.dtype}")
+            expected = [1, *tensor.shape[1:]]  # a symbol ("tokens") takes any size
+            fits = len(value.shape) == len(expected) and all(
+                isinstance(want, str) or size == want for size, want in zip(value.shape, expected, strict=True))
+            if not fits:
+                raise InputError(f"input {tensor.name!r} has shape {list(value.shape)}, a step takes {expected} "
+                                 "(one row: a sequence advances one step per request)")
+            if value.dtype.kind == "f":
+                check_finite(f"input {tensor.name!r}", value.ravel().tolist())
+
+    @contextmanager
+    def sequence(self) -> Iterator[Steps]:
+        """A sequence holding one state slot, its state at the manifest's ``initial``, until the block ends."""
+        with self.runner.open(self.graph) as slots:
+            yield Steps(self, slots)
+
+
+class Steps:
+    """One sequence: each ``step`` runs the graph on its inputs and the sequence's state."""
+
+    def __init__(self, task: StatefulTask, slots: np.ndarray) -> None:
+        self.task, self.slots = task, slots
+
+    async def step(self, inputs: Arrays) -> Arrays:
+        """The graph's outputs that are not state, for checked ``inputs`` (``StatefulTask.check``)."""
+        out = await self.task.runner.run(self.task.graph, inputs, self.slots)
+        return {t.name: out[t.name] for t in self.task.outputs}
