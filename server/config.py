@@ -76,6 +76,8 @@ HELP = {
     "max_streams": "open streams (state slots) per model version; a stream beyond it gets RESOURCE_EXHAUSTED",
     "max_queue": "steps waiting per graph before new ones get RESOURCE_EXHAUSTED",
     "idle_timeout_s": "seconds a bidirectional stream may stay silent before it is ended (DEADLINE_EXCEEDED)",
+    "sequence_idle_timeout_s": "seconds a KServe sequence (sequence_id) may go without a request before it is "
+                               "ended and its state freed (Triton's max_sequence_idle_microseconds)",
     "grace_s": "seconds open streams get to finish after SIGTERM or SIGINT before they are cancelled",
     "max_texts": "texts per Classify or TranslateBatch request",
     "max_text_chars": "characters per text, or per chunk of a stream",

@@ -584,18 +584,19 @@ def test_both_protocols_count_in_the_same_series(triton_client: triton.Inference
         return running.sample("seqserve_requests_total", model="sentiment", protocol=protocol, method=method,
                               code="OK")
 
-    def emitted(protocol: str, method: str) -> float:
-        return running.sample("seqserve_emitted_total", model="translation", protocol=protocol, method=method)
+    def tokens(protocol: str, method: str) -> float:
+        return running.sample("seqserve_tokens_total", model="translation", protocol=protocol, method=method)
 
-    before = (requests("kserve", "ModelInfer"), requests("seqserve", "Classify"), emitted("kserve", "ModelInfer"),
-              emitted("seqserve", "TranslateBatch"))
+    before = (requests("kserve", "ModelInfer"), requests("seqserve", "Classify"))
+    tokens_before = (tokens("kserve", "ModelInfer"), tokens("seqserve", "TranslateBatch"))
     triton_client.infer("sentiment", [text_input("Good.")])
     seqserve.classify(["Good."])
     triton_client.infer("translation", [text_input(TEXT)])
-    seqserve.translate_batch([TEXT])
-    assert wait_for(lambda: (requests("kserve", "ModelInfer"), requests("seqserve", "Classify"),
-                             emitted("kserve", "ModelInfer"), emitted("seqserve", "TranslateBatch"))
+    count = len(seqserve.translate_batch([TEXT]).translations[0].token_ids)
+    assert wait_for(lambda: (requests("kserve", "ModelInfer"), requests("seqserve", "Classify"))
                     == tuple(b + 1 for b in before))
+    assert count > 0 and wait_for(lambda: (tokens("kserve", "ModelInfer"), tokens("seqserve", "TranslateBatch"))
+                                  == tuple(b + count for b in tokens_before))
     assert wait_for(lambda: running.sample("seqserve_active_streams", protocol="kserve") == 0)
     statistics = triton_client.get_inference_statistics("sentiment").model_stats[0]
     assert statistics.inference_stats.success.count >= 1 and statistics.inference_stats.success.ns > 0

@@ -237,8 +237,9 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
 
     @staticmethod
     def _emitted(call: Call, outputs: Arrays) -> None:
-        """Results in the first output: texts, tokens, forecast steps or sequence steps."""
-        first = next(iter(outputs.values()), None)
+        """Results as ``seqserve.v1`` counts them: a translation's tokens (``TOKEN_IDS``), else the rows of the
+        first output (forecast steps, probabilities, sequence steps)."""
+        first = outputs.get("TOKEN_IDS", next(iter(outputs.values()), None))
         if first is not None and len(first):
             call.emitted(len(first))
 
