@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 
 from server.app import Server
 from server.config import load_config
@@ -13,16 +14,18 @@ log = logging.getLogger("server")
 
 
 async def serve() -> None:
-    config = load_config()
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = Server(config)
+    try:
+        config = load_config()
+        logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        server = Server(config)
+    except (ValueError, OSError) as error:  # a wrong option, repository or certificate: one line, no traceback
+        sys.exit(f"python -m server: {error}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
     await stop.wait()
-    log.info("stopping: no new calls, open streams have %.0f s to finish", config.grace_s)
     await server.stop()
     log.info("stopped")
 
