@@ -340,7 +340,8 @@ def test_forecast(client: Client) -> None:
 
 @pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
 def test_forecast_equals_the_numpy_rollout(client: Client, data_dir: Path) -> None:
-    """A real series (April start) through the server = the reference runtime's rollout (evaluate/) of the whole test panel.
+    """A real series (April start) through the server = the reference runtime's rollout (evaluate/) of the whole
+    test panel.
 
     Also its first 30 values alone: shorter than lag prefix + context, so the scale and the
     teacher-forced window use only what the history has.
@@ -378,7 +379,8 @@ def test_translate(client: Client) -> None:
 
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
 def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running: Running, data_dir: Path) -> None:
-    """Real test sentences: the server's greedy tokens = the reference runtime's ORT loop, and 8 at once = each alone."""
+    """Real test sentences: the server's greedy tokens = the reference runtime's ORT loop, and 8 at once = each
+    alone."""
     pairs = [p for source in ("libreoffice_help", "ding")
              for p in read_tsv(data_dir / "translation" / "pairs" / f"{source}.test.tsv")[:4]]
     texts = [source for source, _ in pairs]
