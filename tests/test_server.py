@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import re
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -19,6 +16,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from servers import CONFIG, MODELS, Running, wait_for
 
 from client import Client
 from client.__main__ import main as cli
@@ -33,59 +31,16 @@ from protos.seqserve.v1 import (
     translate_pb2,
     translate_pb2_grpc,
 )
-from server.app import Server
 from server.config import Config, load_config
 from training.forecast_data import HORIZON, load_panel
 from training.translation_data import read_tsv
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
 pytestmark = pytest.mark.skipif(not (MODELS / "sentiment").is_dir(), reason=f"no sentiment model in {MODELS}")
 
-CONFIG = Config(models=str(MODELS), host="127.0.0.1", port=0, metrics_port=0, max_streams=80, idle_timeout_s=2.0,
-                max_text_chars=500, max_texts=8, max_horizon=24, grace_s=1.0, drain_s=0.0)
 TEXTS = [
     "A wonderful, moving film with a great cast.", "Dull, lifeless and far too long.",
     "It's not bad, but it isn't good either.", "The best thing I've seen this year!",
 ]
-
-
-class Running:
-    """A ``Server`` on its own event loop in a background thread."""
-
-    def __init__(self, config: Config) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server: Server = self.call(self._start(config))
-        self.target = f"127.0.0.1:{self.server.port}"
-
-    async def _start(self, config: Config) -> Server:
-        server = Server(config)
-        await server.start()
-        return server
-
-    def call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
-
-    def metrics(self) -> str:
-        return urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics").read().decode()
-
-    def sample(self, name: str, **labels: str) -> float:
-        """One sample's value from the metrics page (0 when absent)."""
-        for line in self.metrics().splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def in_use(self) -> int:
-        return sum(graph.slots.in_use for served in self.server.served for graph in served.runner.graphs.values()
-                   if graph.slots)
-
-    def stop(self) -> None:
-        self.call(self.server.stop(0.5))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -103,15 +58,6 @@ def client(running: Running) -> Iterator[Client]:
 
 def chunks_of(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_health_and_reflection(running: Running, client: Client) -> None:
@@ -208,7 +154,7 @@ def test_batched_streams_equal_solo_streams(running: Running) -> None:
     batched = asyncio.run(together())
     batches = running.sample("seqserve_batch_size_count", graph="step") - batches_before
     rows = running.sample("seqserve_batch_size_sum", graph="step") - rows_before
-    assert rows / batches > 8, "the streams were not batched"
+    assert rows / batches > 4, "the streams were not batched"  # alone: 1 row a step; 6-16 measured, by load
     for alone, among in zip(solo, batched, strict=True):
         assert [t for t, _ in alone] == [t for t, _ in among]
         pairs = zip(alone, among, strict=True)
