@@ -72,16 +72,27 @@ class Interceptor(grpc.aio.ServerInterceptor):
         except RequestError as error:
             count_request(self.metrics, "", method, error.code)
             await context.abort(error.code, error.message)
+        ending = None
         with self.calls.track(method, health) as tracked:
             try:
                 yield checked
+                return
             except asyncio.CancelledError:
                 if tracked.ending is None:  # the client's cancellation or deadline
                     raise
-                await context.abort(tracked.ending.code, tracked.ending.message)
+                ending = tracked.ending
             except RequestError as error:  # an undecodable message from a request iterator
                 count_request(self.metrics, "", method, error.code)
                 await context.abort(error.code, error.message)
+        # Untracked by now: a status behind a message that a client does not read (a stalled write) goes out only
+        # once it reads, and its call holds nothing meanwhile.
+        try:
+            await context.abort(ending.code, ending.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # gRPC could not send it: the client left first
+            log.info("%s: the client left before its status (%s) was sent", method, ending.reason)
+            raise asyncio.CancelledError from error
 
     @staticmethod
     async def messages(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:

@@ -190,9 +190,15 @@ class Call:
 
     def stream_opened(self, count: int = 1) -> None:
         """The call now holds state slots for ``count`` streams (a batch: one per text), counted as active until
-        it ends. Call it once the request is valid and its slots are taken, so that refusals are never counted."""
+        its handler ends. Call it once the request is valid and its slots are taken, so that refusals are never
+        counted."""
         self.streams = count
         self.metrics.active_streams.labels(**self.labels).inc(count)
+
+    def close(self) -> None:
+        """The handler has ended: its streams hold nothing any more (a status may still wait for a slow reader)."""
+        if self.streams:
+            self.metrics.active_streams.labels(**self.labels).dec(self.streams)
 
     async def read(self) -> Any:
         """The next message of the client's stream, or ``None`` at its end."""
@@ -235,7 +241,6 @@ class Call:
         count_request(self.metrics, self.model, self.method, code)
         self.metrics.request_duration.labels(**self.labels).observe(time.perf_counter() - self.started)
         if self.streams:
-            self.metrics.active_streams.labels(**self.labels).dec(self.streams)
             reason = self.end_reason or {grpc.StatusCode.OK: "completed", grpc.StatusCode.CANCELLED: "cancelled",
                                          grpc.StatusCode.DEADLINE_EXCEEDED: "deadline"}.get(code, "error")
             self.metrics.sessions_ended.labels(**self.labels, reason=reason).inc(self.streams)
@@ -291,6 +296,8 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             else:
                 call.finish(grpc.StatusCode.OK)
                 return result
+            finally:
+                call.close()
 
         return wrapper
 
