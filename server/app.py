@@ -54,10 +54,11 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
+        credentials = server_credentials(config)  # the files that are quick to check, before the models
+        self.tokens = Tokens.from_config(config)
         self.metrics = Metrics()
         self.models = repository.load(config, self.metrics)
         self.calls = Calls(config.max_stream_age_s)
-        self.tokens = Tokens.from_config(config)
         self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)])
         for servicer, register, _ in SERVICES:
             register(servicer(self.models, config, self.metrics), self.grpc)
@@ -66,7 +67,6 @@ class Server:
         if config.reflection:
             reflection.enable_server_reflection([*(name for *_, name in SERVICES), HEALTH, reflection.SERVICE_NAME],
                                                 self.grpc)
-        credentials = server_credentials(config)
         address = f"{config.host}:{config.port}"
         self.port = (self.grpc.add_secure_port(address, credentials) if credentials
                      else self.grpc.add_insecure_port(address))

@@ -60,6 +60,9 @@ class Metrics:
         return sum(float(line.rsplit(" ", 1)[1]) for line in self.metrics().splitlines()
                    if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
 
+    def wait_for_sample(self, name: str, value: float, timeout: float = 10.0, **labels: str) -> bool:
+        return wait_for(lambda: self.sample(name, **labels) == value, timeout)
+
     def idle(self) -> bool:
         """No active stream and no state slot held, by the gauges."""
         return self.sample("seqserve_active_streams") == 0 and self.sample("seqserve_slots_in_use") == 0
