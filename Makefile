@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: serve bench protos install data test lint train-sentiment compare-sentiment train-forecast train-translation models check-models clean
+.PHONY: serve bench soak protos install data test lint train-sentiment compare-sentiment train-forecast train-translation models check-models clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,10 +52,15 @@ check-models: data
 protos: $(STAMP)
 	$(PY) -m protos.generate
 
-# The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on :9100.
+# The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on localhost:9100.
 serve: $(STAMP)
 	$(PY) -m protos.generate
 	$(PY) -m server --models models --port 50051 --metrics-port 9100
+
+# The long soak (tests/test_soak.py; the suite runs 64 streams for 20 s): 256 mixed Translate and StreamSentiment
+# streams for 10 minutes against python -m server; every stream equals its solo run, gauges back to 0, RSS bounded.
+soak: $(STAMP)
+	SEQSERVE_SOAK_STREAMS=256 SEQSERVE_SOAK_SECONDS=600 $(PY) -m pytest -q -s tests/test_soak.py
 
 # Load benchmark: the server against in-process ONNX Runtime, max_batch=1 and PyTorch loops (bench/RESULTS.md).
 bench: data

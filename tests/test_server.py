@@ -404,3 +404,43 @@ def test_cuda_provider_options() -> None:
     assert providers(both) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     assert providers(both, cuda_tf32=True)[0] == ("CUDAExecutionProvider", {"use_tf32": "1"})
     assert providers("CPUExecutionProvider") == ["CPUExecutionProvider"]
+
+
+def test_not_found_lists_no_model(client: Client) -> None:
+    """Which models exist is ListModels' answer (behind the token, when there is one), never an error message's."""
+    for call in (lambda: client.classify(["ok"], model="nope"), lambda: client.get_model("nope"),
+                 lambda: client.classify(["ok"], version=999)):
+        with pytest.raises(grpc.RpcError) as error:
+            call()
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert not {"forecast", "translation", "[1]"} & set(re.findall(r"\w+|\[1\]", error.value.details()))
+
+
+@pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
+def test_a_translation_without_tokens_still_sends_its_source(client: Client) -> None:
+    updates = list(client.translate("The file could not be opened.", max_length=1))
+    assert len(updates) == 1 and not updates[0].tokens and updates[0].source_tokens[-1] == "</s>"
+    assert list(updates[0].source_tokens) == list(next(iter(client.translate("The file could not be opened."))
+                                                      ).source_tokens)
+
+
+@pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
+def test_forecast_reads_zeros_and_an_observe_stream_keeps_only_what_it_reads(running: Running, client: Client) -> None:
+    zeros = [0.0] * 12 + [100 + 10 * math.sin(i / 2) for i in range(36)]
+    assert all(math.isfinite(s.point) and s.point >= 0 for s in client.forecast(zeros, 3))
+    task = running.server.models["forecast"][1].task
+    history = [100 + 10 * math.sin(i / 2) for i in range(48)]
+    later = [100 + 10 * math.sin(i / 2) for i in range(48, 48 + 90)]
+
+    async def final_forecast(messages: list[list[float]]) -> tuple[list[float], int]:
+        with task.series(history, 1) as series:
+            await series.observe([])
+            for values in messages:
+                await series.observe(values)
+            steps = [s.point async for s in series.forecast(3, [task.pre.median])]
+            return steps, len(series.values)
+
+    whole, kept = running.call(final_forecast([later]))
+    pieces, kept_in_pieces = running.call(final_forecast([later[i : i + 7] for i in range(0, 90, 7)]))
+    assert kept == kept_in_pieces == max(task.pre.lags)  # not the 138 values observed
+    np.testing.assert_allclose(pieces, whole, rtol=1e-6)
