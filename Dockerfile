@@ -17,5 +17,7 @@ COPY --from=protos /src/protos protos
 COPY models models
 EXPOSE 50051 9100
 USER nobody
-ENTRYPOINT ["python", "-m", "server"]
+# The server listens on localhost unless told otherwise; in a container the address is the container's own.
+# Flags given to `docker run` come after these and win.
+ENTRYPOINT ["python", "-m", "server", "--host", "0.0.0.0", "--metrics-host", "0.0.0.0"]
 CMD ["--models", "models", "--port", "50051", "--metrics-port", "9100"]

@@ -73,7 +73,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
             count_request(self.metrics, "", method, error.code)
             await context.abort(error.code, error.message)
         ending = None
-        with self.calls.track(method, health) as tracked:
+        with self.calls.track(health) as tracked:
             try:
                 yield checked
                 return

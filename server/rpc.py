@@ -103,7 +103,6 @@ def max_age(seconds: float) -> Ending:
 class Tracked:
     """A call in progress: the task that runs it, so that the server can end it with an ``Ending``."""
 
-    method: str
     health: bool  # grpc.health.v1: no maximum age, and shut down first
     task: asyncio.Task
     ending: Ending | None = None
@@ -128,9 +127,9 @@ class Calls:
         self.quiet.set()
 
     @contextmanager
-    def track(self, method: str, health: bool) -> Iterator[Tracked]:
-        """The current task runs ``method`` until the block ends; other than health, it is ended at ``max_age_s``."""
-        tracked = Tracked(method, health, asyncio.current_task())
+    def track(self, health: bool) -> Iterator[Tracked]:
+        """The current task runs a call until the block ends; other than health, it is ended at ``max_age_s``."""
+        tracked = Tracked(health, asyncio.current_task())
         if not health:
             tracked.timer = asyncio.get_running_loop().call_later(self.max_age_s, tracked.end, max_age(self.max_age_s))
             self.quiet.clear()

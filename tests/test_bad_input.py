@@ -26,7 +26,7 @@ from protos.seqserve.v1 import common_pb2, forecast_pb2, sentiment_pb2, translat
 pytestmark = pytest.mark.skipif(not all((MODELS / m).is_dir() for m in ("sentiment", "forecast", "translation")),
                                 reason=f"the bad-input table needs every shipped model in {MODELS}")
 
-SUITE = replace(CONFIG, max_streams=40, max_beam=8, max_texts=8, max_text_chars=500, max_history=100,
+SERVER_CONFIG = replace(CONFIG, max_streams=40, max_beam=8, max_texts=8, max_text_chars=500, max_history=100,
                 max_stream_tokens=50, idle_timeout_s=1.0)
 HISTORY = [100 + 10 * math.sin(i / 2) for i in range(48)]
 HUGE = "m" * 100_000  # a name of 100 KB: the message must not echo it
@@ -79,7 +79,7 @@ def sentiment_stream(*chunks: str | sentiment_pb2.SentimentChunk, model: str = "
 def idle_stream(client: Client) -> Any:
     def requests() -> Iterator[sentiment_pb2.SentimentChunk]:
         yield sentiment_pb2.SentimentChunk(model=ref("sentiment"), text="fine ")
-        time.sleep(SUITE.idle_timeout_s + 1)
+        time.sleep(SERVER_CONFIG.idle_timeout_s + 1)
 
     return list(client.sentiment.StreamSentiment(requests(), timeout=30))
 
@@ -277,19 +277,6 @@ CASES: dict[str, Case] = {
                                             CORRUPT], True, True), IA, NOT_DECODED, None),
     "unknown method": Case(raw(SENTIMENT + "Nope", [b""]), grpc.StatusCode.UNIMPLEMENTED, ("Method not found",), None),
 }
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[Running]:
-    running = Running(SUITE)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(running: Running) -> Iterator[Client]:
-    with Client(running.target, timeout=30) as client:
-        yield client
 
 
 def test_the_table_has_every_rpc_and_80_cases() -> None:

@@ -43,19 +43,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def running() -> Iterator[Running]:
-    running = Running(CONFIG)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(running: Running) -> Iterator[Client]:
-    with Client(running.target, timeout=30) as client:
-        yield client
-
-
 def chunks_of(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
