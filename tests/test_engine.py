@@ -103,7 +103,7 @@ def slow_decoder(feed):
 
 
 MANIFEST = {
-    "format": "seqserve-manifest/1", "task": "translation", "files": {"e.onnx": "", "d.onnx": ""},
+    "format": "seqserve-manifest/1", "task": "translation", "files": {"e.onnx": "", "d.onnx": "", "spm.model": ""},
     "graphs": {
         "encoder": {"file": "e.onnx", "inputs": [{"name": "src_ids", "dtype": "int64", "shape": ["batch", "src"]},
                                                  {"name": "src_lengths", "dtype": "int64", "shape": ["batch"]}],
