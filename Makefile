@@ -1,17 +1,31 @@
-# Single entry point: every target installs what it needs into .venv first.
+# Single entry point: every target installs what it needs into .venv first: the runtime alone for
+# `make serve`, the dev tools too for `make test-deploy`, training as well for everything else.
+# Each install builds the package, which generates the gRPC code (setup.py).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+RUNTIME := $(VENV)/.runtime
+DEV := $(VENV)/.dev
 STAMP := $(VENV)/.installed
+BUILD := pyproject.toml setup.py $(wildcard protos/seqserve/v1/*.proto)
 
-.PHONY: serve bench soak protos install data test lint train-sentiment compare-sentiment train-forecast train-translation models check-models clean
+.PHONY: serve bench soak protos install data test lint image test-deploy train-sentiment compare-sentiment train-forecast train-translation models check-models clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+$(RUNTIME): $(BUILD) | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(DEV): $(RUNTIME)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+$(STAMP): $(DEV)
 	$(PY) -m pip install -q -e '.[train,dev]'
-	$(PY) -m protos.generate
-	touch $(STAMP)
+	touch $@
 
 install: $(STAMP)
 
@@ -49,18 +63,27 @@ check-models: data
 	$(PY) -m evaluate models
 
 # Regenerate the gRPC code (protos/seqserve/v1/, git-ignored) after editing protos/.
-protos: $(STAMP)
+protos: $(DEV)
 	$(PY) -m protos.generate
 
-# The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on localhost:9100.
-serve: $(STAMP)
-	$(PY) -m protos.generate
+# The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on localhost:9100 (runtime only: no
+# torch).
+serve: $(RUNTIME)
 	$(PY) -m server --models models --port 50051 --metrics-port 9100
 
 # The long soak (tests/test_soak.py; the suite runs 64 streams for 20 s): 256 mixed Translate and StreamSentiment
 # streams for 10 minutes against python -m server; every stream equals its solo run, gauges back to 0, RSS bounded.
-soak: $(STAMP)
+soak: $(DEV)
 	SEQSERVE_SOAK_STREAMS=256 SEQSERVE_SOAK_SECONDS=600 $(PY) -m pytest -q -s tests/test_soak.py
+
+# The container image seqserve:latest with Docker or Podman (deploy/image.sh, deploy/README.md).
+image:
+	deploy/image.sh
+
+# Build the image and run it for real: container, client checks, Prometheus and promtool, podman kube play,
+# podman-compose (deploy/test-deploy.sh; it installs podman, prometheus and the rest with apt-get).
+test-deploy: $(DEV)
+	PY=$(PY) deploy/test-deploy.sh
 
 # Load benchmark: the server against in-process ONNX Runtime, max_batch=1 and PyTorch loops (bench/RESULTS.md).
 bench: data

@@ -54,12 +54,17 @@ def models(client: Client, args: argparse.Namespace) -> None:
 
 
 def health(client: Client, args: argparse.Namespace) -> None:
-    print(client.health())
+    """Prints the status; exits 1 unless SERVING (a container health check, a wait loop)."""
+    status = client.health()
+    print(status)
+    if status != "SERVING":
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
     parser.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"))
+    parser.add_argument("--timeout", type=float, help="seconds each call may take (default: no limit)")
     parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's certificate authorities")
     parser.add_argument("--ca", help="TLS, trusting this PEM bundle (the server's CA)")
     parser.add_argument("--cert", help="this client's PEM certificate chain, for a server that asks for one (mTLS)")
@@ -85,9 +90,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="translation")
     p.set_defaults(run=translate)
     commands.add_parser("models", help="the loaded models").set_defaults(run=models)
-    commands.add_parser("health", help="the server's health status").set_defaults(run=health)
+    commands.add_parser("health", help="the server's health status; exit status 1 unless SERVING").set_defaults(
+        run=health)
     args = parser.parse_args(argv)
-    with Client(args.server, tls=args.tls, ca=args.ca, cert=args.cert, key=args.key, token=args.token) as client:
+    with Client(args.server, args.timeout, tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
+                token=args.token) as client:
         try:
             args.run(client, args)
         except grpc.RpcError as error:

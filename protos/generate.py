@@ -1,7 +1,8 @@
 """Generate the gRPC Python code beside the ``.proto`` files: ``protos/seqserve/v1/*_pb2*.py`` (git-ignored).
 
-Run by ``make install`` (``python -m protos.generate``) and by the test session when missing; it
-needs grpcio-tools (the ``dev`` extra), the server itself does not. protoc writes imports after the
+Run by every build of the package (``setup.py``: ``pip install .``, ``pip install -e .``, the image), by
+``make protos`` and by the test session when missing or older than a proto; it needs grpcio-tools (a
+build requirement and the ``dev`` extra), the server itself does not. protoc writes imports after the
 proto paths (``from seqserve.v1 import common_pb2``); they are rewritten to ``protos.seqserve.v1``
 so the generated modules need no ``sys.path`` entry.
 """

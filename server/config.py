@@ -66,6 +66,7 @@ class Config:
     max_decode_len: int = 200  # translation output tokens
     max_beam: int = 8
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (one object per line, for log collectors)
 
     def __post_init__(self) -> None:
         """Every numeric option in its range, the log level known (in any case): ``ValueError`` names the option."""
@@ -93,6 +94,50 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 FIELDS = {f.name: f for f in fields(Config)}
+
+# What each option does, for --help (which adds its environment variable and default). The reasons
+# for the defaults are in the comments above and in docs/server.md.
+HELP = {
+    "models": "the model repository: a folder of <name>/<version>/manifest.json (docs/manifest.md)",
+    "host": "the gRPC listen address (0.0.0.0: every interface, as a container needs; the image passes it)",
+    "port": "the gRPC port (0: a free one, logged at start)",
+    "metrics_host": "the /metrics listen address (0.0.0.0: every interface; the image passes it)",
+    "metrics_port": "the Prometheus /metrics HTTP port (0: a free one, -1: no metrics endpoint)",
+    "tls_cert": "PEM certificate chain of the server: with tls_key, TLS on gRPC and /metrics",
+    "tls_key": "PEM private key of tls_cert",
+    "tls_client_ca": "PEM CA bundle: clients must present a certificate it signed (mTLS, gRPC and /metrics)",
+    "auth_token": "a bearer token every call but health must carry (authorization: Bearer <token>); prefer the "
+                  "environment variable to the flag",
+    "auth_tokens_file": "a file of bearer tokens, one a line (# comments), any of which a call may carry",
+    "reflection": "serve grpc.reflection.v1alpha (true/false)",
+    "providers": "ONNX Runtime execution providers: auto (CUDA when this ONNX Runtime has it, else CPU) or a comma "
+                 "list such as CUDAExecutionProvider,CPUExecutionProvider",
+    "intra_op_threads": "ONNX Runtime threads inside one graph run, per session",
+    "inter_op_threads": "ONNX Runtime threads across independent nodes, per session",
+    "max_batch": "rows (streams) per batched step of a graph",
+    "max_wait_ms": "how long a batch waits for more steps once one is ready (0: run what is queued at once)",
+    "ort_spinning": "let ONNX Runtime's threads spin-wait between runs (true/false); costs CPU on few cores",
+    "cuda_tf32": "TF32 matrix products on CUDA (true/false); on, batched results differ from solo ones",
+    "max_streams": "open streams (state slots) per model version; a stream beyond it gets RESOURCE_EXHAUSTED",
+    "max_queue": "steps waiting per graph before new ones get RESOURCE_EXHAUSTED",
+    "idle_timeout_s": "seconds a bidirectional stream may stay silent before it is ended (DEADLINE_EXCEEDED)",
+    "write_timeout_s": "seconds a stream's client may take no message before the stream is ended (DEADLINE_EXCEEDED)",
+    "max_stream_age_s": "seconds any call but health may last before it is ended (DEADLINE_EXCEEDED)",
+    "drain_s": "seconds health says NOT_SERVING after SIGTERM or SIGINT, still serving, before calls are refused",
+    "grace_s": "seconds open calls then get to finish before they are ended with UNAVAILABLE",
+    "max_texts": "texts per Classify or TranslateBatch request",
+    "max_text_chars": "characters per text, or per chunk of a stream",
+    "max_token_chars": "StreamSentiment: a longer token (an unknown word) is cut; more than any vocabulary word",
+    "max_stream_tokens": "tokens per StreamSentiment stream",
+    "max_history": "values per forecast history",
+    "max_horizon": "forecast steps per request",
+    "max_decode_len": "translation output tokens at most",
+    "max_beam": "the widest beam a translation request may ask for",
+    "log_level": "Python logging level: DEBUG, INFO, WARNING or ERROR, in any case",
+    "log_format": "log lines as text, or json: one JSON object per line (time, level, logger, message)",
+}
+LOG_FORMATS = ("text", "json")
+SECRETS = {"auth_token"}  # never logged
 
 
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -124,14 +169,24 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     """The options from a JSON file, the environment and ``argv``; ``ValueError`` names a wrong one and where it came
     from."""
     environ = os.environ if environ is None else environ
-    parser = argparse.ArgumentParser(prog="python -m server", description="seqserve gRPC server")
-    parser.add_argument("--config", default=environ.get("SEQSERVE_CONFIG"), help="JSON file of options")
+    parser = argparse.ArgumentParser(
+        prog="python -m server", description="seqserve: streaming gRPC inference for recurrent ONNX models.",
+        epilog="Each option is read from, in increasing precedence: its default, the JSON file (--config), its "
+               "environment variable, its flag. Health: grpc.health.v1 reports SERVING once every model is warmed "
+               "up. Details: docs/server.md.")
+    parser.add_argument("--config", metavar="FILE", default=environ.get("SEQSERVE_CONFIG"),
+                        help="a JSON object of options by name, e.g. {\"max_batch\": 64} (env SEQSERVE_CONFIG)")
     for name, field in FIELDS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, help=f"default {field.default!r}")
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
+                            metavar=type(field.default).__name__.upper(),
+                            help=f"{HELP[name]} (env SEQSERVE_{name.upper()}; default {field.default})")
     args = vars(parser.parse_args(argv))
     config = Config()
     if path := args.pop("config"):
         config = _apply(config, json.loads(Path(path).read_text()), path)
     env = {name: environ[f"SEQSERVE_{name.upper()}"] for name in FIELDS if f"SEQSERVE_{name.upper()}" in environ}
     config = _apply(config, env, "environment")
-    return _apply(config, {k: v for k, v in args.items() if v is not None}, "flags")
+    config = _apply(config, {k: v for k, v in args.items() if v is not None}, "flags")
+    if config.log_format not in LOG_FORMATS:
+        raise ValueError(f"config 'log_format': {config.log_format!r} is not one of {list(LOG_FORMATS)}")
+    return config

@@ -76,6 +76,7 @@ class Scheduler:
         self.graph, self.pool, self.config = graph, pool, graph.config
         self.queue: asyncio.Queue[StepRequest] = asyncio.Queue(self.config.max_queue)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{graph.model.name}-{graph.name}")
+        graph.queues.append(self.queue.qsize)
         self.task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -178,6 +179,13 @@ class ModelRunner:
         self.graphs = {name: Graph(model, name, config, metrics) for name in model.manifest.graphs}
         self.pools = {name: StatePool(g) for name, g in self.graphs.items() if g.state}
         self.schedulers = {name: Scheduler(g, self.pools.get(name)) for name, g in self.graphs.items()}
+        metrics.model_info.labels(model=model.name, version=str(model.version), task=model.task,
+                                  provider=",".join(self.providers)).set(1)
+
+    @property
+    def providers(self) -> list[str]:
+        """Where the graphs run: the first ONNX Runtime provider of each session."""
+        return sorted({graph.session.get_providers()[0] for graph in self.graphs.values()})
 
     def warm_up(self) -> None:
         for graph in self.graphs.values():

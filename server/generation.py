@@ -131,6 +131,7 @@ class Generator:
         self.graph, self.sources, self.reads, self.pick = graph, sources, reads, pick
         self.joining: queue.SimpleQueue[Sequence | None] = queue.SimpleQueue()
         self.waiting: list[Sequence] = []  # opened, not yet in the batch (it has ``max_batch`` rows)
+        graph.queues.append(lambda: self.joining.qsize() + len(self.waiting))
         self.thread = threading.Thread(target=self._loop, name=f"generate-{graph.model.name}-{graph.name}",
                                        daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -10,6 +10,7 @@ each request's rows of the other outputs are cut back to its own lengths.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,11 +57,11 @@ class Slots:
 
     A row that is part of a running batch is released only when that batch has written its new
     state back (``batch_done``), so a new stream never receives a row that a late scatter overwrites.
-    ``gauge`` counts the rows that streams hold.
+    ``owner`` names the model version and graph in errors.
     """
 
-    def __init__(self, capacity: int, owner: str, gauge: Any) -> None:
-        self.capacity, self.owner, self.gauge = capacity, owner, gauge
+    def __init__(self, capacity: int, owner: str) -> None:
+        self.capacity, self.owner = capacity, owner
         self.free = list(range(capacity - 1, -1, -1))
         self.running: set[int] = set()
         self.deferred: list[int] = []
@@ -69,11 +70,9 @@ class Slots:
         if len(self.free) < rows:
             raise Overloaded(f"{self.owner}: {rows} stream slot{'s' if rows > 1 else ''} wanted, {len(self.free)} of "
                              f"{self.capacity} free: retry later, or raise max_streams")
-        self.gauge.inc(rows)
         return np.array([self.free.pop() for _ in range(rows)], dtype=np.int64)
 
     def release(self, slots: np.ndarray) -> None:
-        self.gauge.dec(len(slots))
         for slot in slots.tolist():
             (self.deferred if slot in self.running else self.free).append(slot)
 
@@ -138,8 +137,15 @@ class Graph:
         self.pad = getattr(model.manifest.preprocessing, "pad_id", 0)
         self.output_names = [o.name for o in self.session.get_outputs()]
         owner = f"model {model.name!r} version {model.version} ({name})"
-        gauge = metrics.slots_in_use.labels(**self.labels)
-        self.slots = Slots(config.max_streams, owner, gauge) if self.state else None
+        self.slots = Slots(config.max_streams, owner) if self.state else None
+        # What waits for this graph's next batch: one size function per queue in front of it (the
+        # scheduler's, a generation loop's), read when /metrics is scraped, like the slots.
+        self.queues: list[Callable[[], int]] = []
+        held = {**self.labels, "version": str(model.version)}
+        metrics.queue_depth.labels(**held).set_function(lambda: sum(size() for size in self.queues))
+        if self.slots:
+            metrics.slots.labels(**held).set(self.slots.capacity)
+            metrics.slots_in_use.labels(**held).set_function(lambda: self.slots.in_use)
 
     def gather(self, parts: list[Arrays]) -> Arrays:
         """One feed from per-request inputs (each ``[rows, ...]``), padded with the context's or the ids' pad."""

@@ -1,12 +1,23 @@
 """Prometheus metrics, in a registry of their own (tests start several servers in one process).
 
 Per-request metrics carry ``model`` and ``method`` labels; per-step metrics (queue wait, batch
-size, step duration) belong to a graph and carry ``model`` and ``graph``.
+size, step duration) belong to a graph and carry ``model`` and ``graph``. The gauges of what a
+model version holds (stream slots, queued work) carry ``model``, ``version`` and ``graph`` and are
+read when scraped. The process and platform collectors add ``process_*`` and ``python_*``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 from server.config import Config
 
@@ -21,7 +32,13 @@ class Metrics:
         self.http = None
         request = ["model", "method"]
         graph = ["model", "graph"]
+        held = ["model", "version", "graph"]
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.model_info = Gauge("seqserve_model_info", "Loaded model versions (always 1): task and ONNX Runtime "
+                                "provider", ["model", "version", "task", "provider"], registry=r)
         self.requests = Counter("seqserve_requests", "Finished requests by gRPC status code",
                                 [*request, "code"], registry=r)
         self.request_duration = Histogram("seqserve_request_duration_seconds", "Request duration",
@@ -32,7 +49,10 @@ class Metrics:
         self.inter_token = Histogram("seqserve_inter_token_latency_seconds",
                                      "Between consecutive tokens or results of one stream", request, buckets=FAST,
                                      registry=r)
-        self.emitted = Counter("seqserve_emitted", "Tokens or steps sent to clients", request, registry=r)
+        self.tokens = Counter("seqserve_tokens", "Tokens read or sent (sentiment and translation models)", request,
+                              registry=r)
+        self.forecast_steps = Counter("seqserve_forecast_steps", "Forecast steps sent (forecast models)", request,
+                                      registry=r)
         self.active_streams = Gauge("seqserve_active_streams", "Streams holding state slots (a batch: one per text)",
                                     request, registry=r)
         self.sessions_ended = Counter("seqserve_sessions_ended", "Streams ended, by reason (completed, cancelled, "
@@ -41,9 +61,18 @@ class Metrics:
         self.queue_wait = Histogram("seqserve_queue_wait_seconds", "From a step's submission to its batch's start",
                                     graph, buckets=FAST, registry=r)
         self.batch_size = Histogram("seqserve_batch_size", "Rows per batched step", graph, buckets=BATCH, registry=r)
-        self.slots_in_use = Gauge("seqserve_slots_in_use", "State slots (rows) held by streams", graph, registry=r)
         self.step_duration = Histogram("seqserve_step_duration_seconds", "One batched ONNX Runtime run",
                                        graph, buckets=FAST, registry=r)
+        self.slots = Gauge("seqserve_stream_slots", "State slots of a graph: the streams it can hold (max_streams)",
+                           held, registry=r)
+        self.slots_in_use = Gauge("seqserve_stream_slots_in_use", "State slots held by open streams", held,
+                                  registry=r)
+        self.queue_depth = Gauge("seqserve_queue_depth", "Steps or sequences waiting for a graph's next batch", held,
+                                 registry=r)
+
+    def results_of(self, task: str) -> Counter:
+        """What a call to a model of ``task`` sends is counted as: forecast steps, else tokens."""
+        return self.forecast_steps if task == "forecast" else self.tokens
 
     def serve(self, host: str, port: int, config: Config) -> int:
         """Serve ``/metrics`` on ``host``:``port`` (0: a free one), over TLS (and mTLS) as the gRPC port is; returns

@@ -173,7 +173,7 @@ class Call:
         self.stalled = Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED, f"the client read nothing for "
                               f"{config.write_timeout_s:g} s (write_timeout_s): the stream was ended")
         self.timeouts = {self.idle: config.idle_timeout_s, self.stalled: config.write_timeout_s}
-        self.model = ""
+        self.model = self.task = ""
         self.started = self.last = time.perf_counter()
         self.results = 0
         self.streams = 0
@@ -184,7 +184,7 @@ class Call:
         return {"model": self.model, "method": self.method}
 
     def use(self, served: Served) -> Served:
-        self.model = served.model.name
+        self.model, self.task = served.model.name, served.model.task
         return served
 
     def stream_opened(self, count: int = 1) -> None:
@@ -228,7 +228,7 @@ class Call:
             self.metrics.inter_token.labels(**self.labels).observe(now - self.last)
         self.results += count
         self.last = now
-        self.metrics.emitted.labels(**self.labels).inc(count)
+        self.metrics.results_of(self.task).labels(**self.labels).inc(count)
 
     def finish(self, code: grpc.StatusCode) -> None:
         """Record the call once it is over: a client that went away reads as the end of its stream, so

@@ -65,7 +65,7 @@ class Metrics:
 
     def idle(self) -> bool:
         """No active stream and no state slot held, by the gauges."""
-        return self.sample("seqserve_active_streams") == 0 and self.sample("seqserve_slots_in_use") == 0
+        return self.sample("seqserve_active_streams") == 0 and self.sample("seqserve_stream_slots_in_use") == 0
 
 
 class Running(Metrics):

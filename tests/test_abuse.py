@@ -97,7 +97,7 @@ def test_translate_batch_is_admitted_whole_and_stops_whole() -> None:
 
             # 16 texts x beam 8 hold every row, counted as 16 streams and 128 slots.
             first = stub.TranslateBatch.future(batch_request(LONG * 4, 8), timeout=60)
-            assert wait_for(lambda: running.sample("seqserve_slots_in_use", graph="decoder_step") == 128)
+            assert wait_for(lambda: running.sample("seqserve_stream_slots_in_use", graph="decoder_step") == 128)
             assert running.sample("seqserve_active_streams", method="TranslateBatch") == 16
             # A batch that would fit later is refused whole, saying why; nothing of it is admitted.
             for call in (lambda: stub.TranslateBatch(batch_request(LONG[:1], 2), timeout=30),
@@ -106,7 +106,7 @@ def test_translate_batch_is_admitted_whole_and_stops_whole() -> None:
                     call()
                 assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 assert "0 of 128 free" in error.value.details() and "max_streams" in error.value.details()
-            assert running.sample("seqserve_slots_in_use", graph="decoder_step") == 128
+            assert running.sample("seqserve_stream_slots_in_use", graph="decoder_step") == 128
 
             # The client goes away: every row stops at once and is given back.
             assert not first.done()
@@ -141,7 +141,7 @@ def test_slow_readers_do_not_hold_slots() -> None:
         unread = [translate_pb2_grpc.TranslationStub(c).Translate(request, timeout=60) for c in channels]
         # Each stream decoded its tokens and gave its slot back; its client has read nothing yet.
         assert wait_for(lambda: running.sample("seqserve_active_streams", method="Translate") >= 3)
-        assert wait_for(lambda: running.sample("seqserve_slots_in_use", graph="decoder_step") == 0)
+        assert wait_for(lambda: running.sample("seqserve_stream_slots_in_use", graph="decoder_step") == 0)
         with Client(running.target, timeout=30) as client:
             assert list(client.translate_tokens("Open the file."))  # served while they stall
             # At write_timeout_s, the stalled streams are ended (logged), their status waiting behind what their
@@ -164,8 +164,8 @@ def test_slow_readers_do_not_hold_slots() -> None:
                 time.sleep(30)
 
             held = [sentiment_pb2_grpc.SentimentStub(c).StreamSentiment(endless(), timeout=60) for c in channels[:4]]
-            assert wait_for(lambda: running.sample("seqserve_slots_in_use", graph="step") == 4)
-            assert wait_for(lambda: running.sample("seqserve_slots_in_use", graph="step") == 0, 10)
+            assert wait_for(lambda: running.sample("seqserve_stream_slots_in_use", graph="step") == 4)
+            assert wait_for(lambda: running.sample("seqserve_stream_slots_in_use", graph="step") == 0, 10)
             assert [u.token for u in client.stream_sentiment(["a fine film"])] == ["a", "fine", "film"]
             for call in held:
                 call.cancel()

@@ -45,7 +45,7 @@ class ForecastService(forecast_pb2_grpc.ForecastServicer):
             while message is not None:
                 await series.observe(new)
                 steps = [step_message(s) async for s in series.forecast(message.horizon or 1, levels)]
-                await call.write(pb.ForecastUpdate(observed=series.observed, steps=steps))
+                await call.write(pb.ForecastUpdate(observed=series.observed, steps=steps), len(steps))
                 message = await call.read()
                 if message is not None:
                     task.check_more(list(message.values), message.horizon)

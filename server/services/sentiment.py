@@ -18,7 +18,7 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
     async def Classify(self, request: pb.ClassifyRequest, context, call: Call) -> pb.ClassifyResponse:
         served = call.use(resolve(self.repository, request.model, "sentiment"))
         results = await served.task.classify(list(request.texts))
-        call.emitted(len(results))
+        call.emitted(sum(r.tokens for r in results))
         return pb.ClassifyResponse(model=served.model.name, version=served.model.version, labels=served.task.labels,
                                    results=[pb.Classification(probabilities=r.probabilities, label=r.label,
                                                               tokens=r.tokens, truncated=r.truncated)

@@ -46,6 +46,6 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
         with task.batch(texts, options) as leases:
             call.stream_opened(len(leases))
             translations = await task.translate(texts, options, leases)
-        call.emitted(len(translations))
+        call.emitted(sum(len(t.token_ids) for t in translations))
         return pb.TranslateBatchResponse(translations=[
             pb.Translated(text=t.text, token_ids=t.token_ids, log_prob=t.log_prob) for t in translations])
