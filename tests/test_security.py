@@ -15,6 +15,7 @@ from servers import CONFIG, MODELS, Certificates, Running, certificates
 from client import Client
 from client.__main__ import main as cli
 from server.config import Config
+from server.logs import summary
 
 pytestmark = pytest.mark.skipif(not (MODELS / "sentiment").is_dir(), reason=f"no sentiment model in {MODELS}")
 
@@ -125,3 +126,8 @@ def test_both_ports_default_to_localhost() -> None:
         assert running.metrics()
     finally:
         running.stop()
+
+
+def test_the_start_up_summary_hides_the_token() -> None:
+    line = summary(replace(CONFIG, auth_token="very-secret"), [])[-1]
+    assert "auth_token=<secret>" in line and "very-secret" not in line
