@@ -252,6 +252,19 @@ def count_request(metrics: Metrics, model: str, method: str, code: grpc.StatusCo
 Handler = Callable[..., Awaitable[Any]]
 
 
+def status(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status of a call that ``error`` ended: the client's mistake, an overload, else an internal error (logged
+    with its traceback)."""
+    if isinstance(error, RequestError):
+        return error.code, error.message
+    if isinstance(error, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
+    log.exception("%s failed", method)
+    return grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)"
+
+
 def rpc(method: str) -> Callable[[Handler], Handler]:
     """Wrap a servicer method ``(self, request, context, call)``: map errors to status codes, count the call.
 
@@ -265,16 +278,8 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
             call = Call(self.metrics, method, context, self.config)
             try:
                 result = await handler(self, request, context, call)
-            except RequestError as error:
-                call.finish(error.code)
-                await context.abort(error.code, error.message)
-            except InputError as error:
-                call.finish(grpc.StatusCode.INVALID_ARGUMENT)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            except Overloaded as error:
-                call.finish(grpc.StatusCode.RESOURCE_EXHAUSTED)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             except asyncio.CancelledError:
+                call.close()
                 ending = call.tracked.ending
                 if ending is not None:
                     if ending is not SHUTDOWN:
@@ -286,17 +291,17 @@ def rpc(method: str) -> Callable[[Handler], Handler]:
                     expired = remaining is not None and remaining <= 0
                     call.finish(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)
                 raise
-            except Exception:
+            except Exception as error:
+                call.close()  # before the status goes out: a client that has it sees the gauges already down
                 if context.code() is not None:  # already aborted inside the handler
                     raise
-                log.exception("%s failed", method)
-                call.finish(grpc.StatusCode.INTERNAL)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)")
+                code, message = status(error, method)
+                call.finish(code)
+                await context.abort(code, message)
             else:
+                call.close()
                 call.finish(grpc.StatusCode.OK)
                 return result
-            finally:
-                call.close()
 
         return wrapper
 
