@@ -53,6 +53,7 @@ EXPOSE 50051 9100
 # grpc.health.v1 on the gRPC port: exit 0 only when SERVING (after every model has warmed up).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-m", "client", "--timeout", "4", "health"]
-ENTRYPOINT ["python", "-m", "server"]
-# The server's own default host is loopback-only in hardened builds: a container must listen on all interfaces.
-CMD ["--models", "/app/models", "--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9100"]
+# The server listens on loopback unless told otherwise: a container must listen on all of its interfaces, gRPC and
+# /metrics. In the entry point, so that arguments given to `docker run` (which replace CMD) keep them.
+ENTRYPOINT ["python", "-m", "server", "--host", "0.0.0.0", "--metrics-host", "0.0.0.0"]
+CMD ["--models", "/app/models", "--port", "50051", "--metrics-port", "9100"]

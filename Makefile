@@ -9,7 +9,7 @@ DEV := $(VENV)/.dev
 STAMP := $(VENV)/.installed
 BUILD := pyproject.toml setup.py $(wildcard protos/seqserve/v1/*.proto)
 
-.PHONY: serve bench protos install data test lint image test-deploy train-sentiment compare-sentiment train-forecast train-translation models check-models clean
+.PHONY: serve bench soak protos install data test lint image test-deploy train-sentiment compare-sentiment train-forecast train-translation models check-models clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,9 +66,15 @@ check-models: data
 protos: $(DEV)
 	$(PY) -m protos.generate
 
-# The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on :9100 (runtime only: no torch).
+# The server on the shipped models: gRPC on localhost:50051, Prometheus metrics on localhost:9100 (runtime only: no
+# torch).
 serve: $(RUNTIME)
 	$(PY) -m server --models models --port 50051 --metrics-port 9100
+
+# The long soak (tests/test_soak.py; the suite runs 64 streams for 20 s): 256 mixed Translate and StreamSentiment
+# streams for 10 minutes against python -m server; every stream equals its solo run, gauges back to 0, RSS bounded.
+soak: $(DEV)
+	SEQSERVE_SOAK_STREAMS=256 SEQSERVE_SOAK_SECONDS=600 $(PY) -m pytest -q -s tests/test_soak.py
 
 # The container image seqserve:latest with Docker or Podman (deploy/image.sh, deploy/README.md).
 image:

@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
     parser.add_argument("--server", default=os.environ.get("SEQSERVE_SERVER", "localhost:50051"))
     parser.add_argument("--timeout", type=float, help="seconds each call may take (default: no limit)")
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's certificate authorities")
+    parser.add_argument("--ca", help="TLS, trusting this PEM bundle (the server's CA)")
+    parser.add_argument("--cert", help="this client's PEM certificate chain, for a server that asks for one (mTLS)")
+    parser.add_argument("--key", help="the key of --cert")
+    parser.add_argument("--token", default=os.environ.get("SEQSERVE_TOKEN"),
+                        help="bearer token sent with every call (default: $SEQSERVE_TOKEN)")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("sentiment", help="running probability per token (text arguments or stdin)")
     p.add_argument("text", nargs="*")
@@ -87,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("health", help="the server's health status; exit status 1 unless SERVING").set_defaults(
         run=health)
     args = parser.parse_args(argv)
-    with Client(args.server, args.timeout) as client:
+    with Client(args.server, args.timeout, tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
+                token=args.token) as client:
         try:
             args.run(client, args)
         except grpc.RpcError as error:

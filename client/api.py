@@ -1,8 +1,13 @@
-"""``Client``: one channel, one method per RPC, plain Python values in and protobuf messages out."""
+"""``Client``: one channel, one method per RPC, plain Python values in and protobuf messages out.
+
+The channel is plaintext unless TLS is asked for (``tls``, or a CA, or a client certificate for
+mTLS); ``token`` is sent as ``authorization: Bearer <token>`` with every call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,9 +26,36 @@ from protos.seqserve.v1 import (
 )
 
 
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self.header = ("authorization", f"Bearer {token}")
+
+    def _call(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(details._replace(metadata=[*(details.metadata or ()), self.header]), request)
+
+    intercept_unary_unary = intercept_unary_stream = intercept_stream_unary = intercept_stream_stream = _call
+
+
+def channel(target: str, tls: bool = False, ca: str | None = None, cert: str | None = None, key: str | None = None,
+            token: str | None = None) -> grpc.Channel:
+    """A channel to ``target``: TLS when ``tls`` or any of the PEM files is given (``ca``: the roots to trust instead
+    of the system's; ``cert`` and ``key``: this client's certificate, for mTLS), with ``token`` on every call."""
+    if tls or ca or cert or key:
+        files = [Path(path).read_bytes() if path else None for path in (ca, key, cert)]
+        made = grpc.secure_channel(target, grpc.ssl_channel_credentials(*files))
+    else:
+        made = grpc.insecure_channel(target)
+    return grpc.intercept_channel(made, BearerToken(token)) if token else made
+
+
 class Client:
-    def __init__(self, target: str = "localhost:50051", timeout: float | None = None) -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(self, target: str = "localhost:50051", timeout: float | None = None, *, tls: bool = False,
+                 ca: str | None = None, cert: str | None = None, key: str | None = None, token: str | None = None
+                 ) -> None:
+        self.channel = channel(target, tls, ca, cert, key, token)
         self.timeout = timeout
         self.sentiment = sentiment_pb2_grpc.SentimentStub(self.channel)
         self.forecaster = forecast_pb2_grpc.ForecastStub(self.channel)

@@ -7,17 +7,34 @@
 * **Step inputs** for a target month ``t``: ``value = z[t-1]`` (``[B, 1]``) and ``features`` =
   one-hot month of year of ``t`` (``season`` columns, January first), then ``z[t-lag]`` per lag.
   Past the origin, unknown values are the model's own fed-back medians.
+* **Values the model reads** (``unreadable``): finite, at most ``MAX_MAGNITUDE`` in size (the
+  scale times ``exp(q)`` must stay a float64), and with ``transform="log"`` not negative: the
+  log of a ratio to the mean has no meaning for them (the floor would read every negative value
+  as a zero), and the model was trained on non-negative series.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 TRANSFORMS = ("log", "identity")
 EPS = 1e-3
-FLOOR = 1e-3  # log transform: values below FLOOR * scale (zeros, negatives) are clipped there
+FLOOR = 1e-3  # log transform: values below FLOOR * scale (zeros) are clipped there
+MAX_MAGNITUDE = 1e100  # far from overflow in scale * exp(q), far beyond any series
+
+
+def unreadable(value: float, transform: str) -> str | None:
+    """Why a model with ``transform`` cannot read ``value``, or ``None`` when it can (module docstring)."""
+    if not math.isfinite(value):
+        return "values must be finite (no NaN or inf)"
+    if abs(value) > MAX_MAGNITUDE:
+        return f"values must be within ±{MAX_MAGNITUDE:g}"
+    if transform == "log" and value < 0:
+        return "this model reads the log of values scaled by their mean, so values must not be negative"
+    return None
 
 
 def prefix_length(lags: tuple[int, ...]) -> int:

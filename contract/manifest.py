@@ -9,6 +9,7 @@ is missing``), so an operator reads one line and knows what to fix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
 from contract.forecast import TRANSFORMS
@@ -164,6 +165,7 @@ class SentimentPreprocessing:
     labels: tuple[str, ...]  # class index -> label; the last one is "positive"
 
     GRAPHS: ClassVar[Needs] = {"sequence": (("ids", "lengths"), ("probs",)), "step": (("ids",), ("probs",))}
+    FILES: ClassVar[tuple[str, ...]] = ("vocabulary",)  # fields that name files: they must be listed in ``files``
 
     @classmethod
     def parse(cls, f: Fields) -> SentimentPreprocessing:
@@ -193,6 +195,7 @@ class ForecastPreprocessing:
     trained_horizon: int
 
     GRAPHS: ClassVar[Needs] = {"step": (("value", "features"), ("quantiles",))}
+    FILES: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def parse(cls, f: Fields) -> ForecastPreprocessing:
@@ -233,6 +236,7 @@ class TranslationPreprocessing:
 
     GRAPHS: ClassVar[Needs] = {"encoder": (("src_ids", "src_lengths"), ()),
                                "decoder_step": (("prev_tokens",), ("log_probs", "attention"))}
+    FILES: ClassVar[tuple[str, ...]] = ("subwords",)
 
     @classmethod
     def parse(cls, f: Fields) -> TranslationPreprocessing:
@@ -296,6 +300,11 @@ def parse_manifest(data: Any, where: str) -> Manifest:
                               "a generic stateful step graph and has no preprocessing)")
     graphs = {name: Graph.parse(f.object("graphs").object(name)) for name in f.get("graphs", dict)}
     files = f.get("files", dict)
+    for name in files:
+        path = PurePosixPath(name)
+        if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
+            raise f.error("files", f"names {name!r}: a file must be a relative path inside the model's folder "
+                                   "(no leading /, no '..')")
     preprocessing = PREPROCESSING[task].parse(f.object("preprocessing")) if task else None
     manifest = Manifest(
         task, f.get("description", str, ""), graphs, tuple(State.parse(s) for s in f.objects("state", [])),
@@ -326,6 +335,10 @@ def _check_wiring(m: Manifest, f: Fields) -> None:
     for name, graph in m.graphs.items():
         if graph.file not in m.files:
             raise ManifestError(f"{f.where}: graphs.{name}.file {graph.file!r} is not listed in 'files'")
+    if m.preprocessing is not None:
+        for name in type(m.preprocessing).FILES:
+            if (file := getattr(m.preprocessing, name)) not in m.files:
+                raise ManifestError(f"{f.where}: preprocessing.{name} {file!r} is not listed in 'files'")
     needs: Needs = type(m.preprocessing).GRAPHS if m.preprocessing else {}
     for name, (inputs, outputs) in needs.items():
         graph = m.graphs.get(name)

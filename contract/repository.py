@@ -61,8 +61,11 @@ def read_manifest(folder: Path) -> Manifest:
     except (OSError, json.JSONDecodeError) as error:
         raise ManifestError(f"{where}: cannot read the manifest: {error}") from error
     manifest = parse_manifest(data, where)
+    inside = folder.resolve()
     for name, expected in manifest.files.items():
         path = folder / name
+        if not path.resolve().is_relative_to(inside):  # a link out of the folder
+            raise ManifestError(f"{where}: files.{name}: {path} leads outside the model's folder ({path.resolve()})")
         if not path.is_file():
             raise ManifestError(f"{where}: files.{name}: {path} is missing")
         actual = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]"
+WHITESPACE = re.compile(r"\s")
 
 
 def tokenize(text: str, pattern: str = TOKEN_PATTERN, lowercase: bool = True) -> list[str]:
@@ -26,6 +27,7 @@ class WordTokenizer:
         self.lowercase = lowercase
         self.index = {word: i for i, word in enumerate(vocabulary["words"])}
         self.unk_id = unk_id
+        self.longest = max(map(len, self.index), default=0)  # characters of the longest vocabulary word
 
     def normalize(self, text: str) -> str:
         return text.lower() if self.lowercase else text
@@ -42,26 +44,73 @@ class IncrementalWords:
 
     A match is held while it touches the end of the text read so far (``grea`` may become
     ``great``), and so is a word followed only by an apostrophe (``it'`` may become ``it's``).
-    Since no token spans whitespace, the emitted tokens always equal those of the whole text.
     Chunks are lower-cased one by one (exact for all but context-dependent letters like final sigma).
+
+    No token spans whitespace and every other character belongs to a token (the pattern ends in a
+    catch-all ``[^\\s…]``), so only the text after the last whitespace or emitted token is held.
+    A token longer than ``limit`` characters (longer than any vocabulary word: it reads as unknown)
+    is emitted as its first ``limit`` characters and ``…``, as soon as it passes the limit, and the
+    rest of its run of non-whitespace characters is skipped. So the held text stays within ``limit``
+    characters (and an apostrophe), a chunk costs time in proportion to its length plus ``limit``,
+    and the emitted tokens always equal those of the whole text read with the same cut.
     """
 
-    def __init__(self, tokenizer: WordTokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.pending = ""
+    def __init__(self, tokenizer: WordTokenizer, limit: int) -> None:
+        if limit <= tokenizer.longest:
+            raise ValueError(f"a token limit of {limit} characters would cut vocabulary words "
+                             f"(the longest has {tokenizer.longest})")
+        self.tokenizer, self.limit = tokenizer, limit
+        self.pending = ""  # normalized text that a later chunk may still extend
+        self.skipping = False  # after a cut token, until the next whitespace
 
     def feed(self, chunk: str) -> list[str]:
-        self.pending += self.tokenizer.normalize(chunk)
-        matches = list(self.tokenizer.pattern.finditer(self.pending))
-        size = len(self.pending)
-        apostrophe = self.pending.endswith("'")
-        while matches and (matches[-1].end() == size
-                           or (apostrophe and matches[-1].end() == size - 1 and "'" not in matches[-1].group())):
-            matches.pop()
-        self.pending = self.pending[matches[-1].end() if matches else 0:]
-        return [m.group() for m in matches]
+        chunk = self.tokenizer.normalize(chunk)
+        if self.skipping:
+            space = WHITESPACE.search(chunk)
+            if space is None:
+                return []
+            chunk, self.skipping = chunk[space.start() :], False
+        text = self.pending + chunk
+        matches = list(self.tokenizer.pattern.finditer(text))
+        size, apostrophe = len(text), text.endswith("'")
+        held = len(matches)
+        while held and (matches[held - 1].end() == size or (apostrophe and matches[held - 1].end() == size - 1
+                                                              and "'" not in matches[held - 1].group())):
+            held -= 1
+        tokens = self._take(text, matches[:held])
+        if self.skipping:
+            self.pending = ""
+        elif held < len(matches) and len(matches[held].group()) > self.limit:  # a held token passed the limit
+            tokens.append(self._cut(matches[held].group()))
+            self.pending, self.skipping = "", True
+        else:
+            rest = text[matches[held - 1].end() if held else 0 :]
+            self.pending = "" if not rest or rest[-1].isspace() else rest.rsplit(None, 1)[-1]
+        return tokens
 
     def flush(self) -> list[str]:
-        tokens = self.tokenizer.pattern.findall(self.pending)
-        self.pending = ""
+        """The held tokens, once the text has ended."""
+        tokens = self._take(self.pending, list(self.tokenizer.pattern.finditer(self.pending)))
+        self.pending, self.skipping = "", False
         return tokens
+
+    def _take(self, text: str, done: list[re.Match]) -> list[str]:
+        """The tokens of ``done``, each overlong one cut and the rest of its run skipped (to the end of
+        ``text``: ``skipping`` is then set)."""
+        tokens, resume = [], 0
+        for match in done:
+            if match.start() < resume:
+                continue
+            token = match.group()
+            if len(token) > self.limit:
+                token = self._cut(token)
+                space = WHITESPACE.search(text, match.end())
+                if space is None:
+                    self.skipping = True
+                    return [*tokens, token]
+                resume = space.start()
+            tokens.append(token)
+        return tokens
+
+    def _cut(self, token: str) -> str:
+        return token[: self.limit] + "…"

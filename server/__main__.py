@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 
 from server import logs
@@ -16,9 +17,12 @@ log = logging.getLogger("server")
 
 async def serve() -> None:
     started = time.perf_counter()
-    config = load_config()
-    logs.configure(config.log_level, config.log_format)
-    server = Server(config)
+    try:
+        config = load_config()
+        logs.configure(config.log_level, config.log_format)
+        server = Server(config)
+    except (ValueError, OSError) as error:  # a wrong option, repository or certificate: one line, no traceback
+        sys.exit(f"python -m server: {error}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -28,7 +32,6 @@ async def serve() -> None:
         log.info(line)
     log.info("SERVING: configured, loaded and warmed up in %.1f s", time.perf_counter() - started)
     await stop.wait()
-    log.info("stopping: no new calls, open streams have %.0f s to finish", config.grace_s)
     await server.stop()
     log.info("stopped")
 

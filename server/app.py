@@ -1,8 +1,10 @@
 """The server: load and warm up the repository, serve gRPC and ``/metrics``, stop gracefully.
 
 ``seqserve.v1`` and ``inference.GRPCInferenceService`` (KServe v2 / Triton) share the port. Health
-(``grpc.health.v1``) and reflection (``grpc.reflection.v1alpha``, for the protobuf default pool: the
-``seqserve.v1`` services) come from the grpcio-health-checking and grpcio-reflection packages.
+(``grpc.health.v1``) and reflection (``grpc.reflection.v1alpha``, unless turned off, for the protobuf
+default pool: the ``seqserve.v1`` services) come from the grpcio-health-checking and grpcio-reflection
+packages. Every call passes the interceptor (``server/interceptor.py``: tokens, undecodable requests,
+tracking for the shutdown sequence).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from protos.seqserve.v1 import (
 )
 from server import repository
 from server.config import Config
+from server.interceptor import Interceptor
 from server.metrics import Metrics
+from server.rpc import SHUTDOWN, Calls
+from server.security import Tokens, server_credentials
 from server.services.forecast import ForecastService
 from server.services.kserve.service import KServeService
 from server.services.models import ModelsService
@@ -53,18 +58,26 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
+        credentials = server_credentials(config)  # the files that are quick to check, before the models
+        self.tokens = Tokens.from_config(config)
         self.metrics = Metrics()
         self.models = repository.load(config, self.metrics)
-        self.grpc = grpc.aio.server()
+        self.calls = Calls(config.max_stream_age_s)
+        self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)])
         for servicer, register, _ in SERVICES:
             register(servicer(self.models, config, self.metrics), self.grpc)
         self.kserve = KServeService(self.models, config, self.metrics)
         kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection([*(name for *_, name in SERVICES), HEALTH, reflection.SERVICE_NAME],
-                                            self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{config.host}:{config.port}")
+        if config.reflection:
+            reflection.enable_server_reflection([*(name for *_, name in SERVICES), HEALTH, reflection.SERVICE_NAME],
+                                                self.grpc)
+        address = f"{config.host}:{config.port}"
+        self.port = (self.grpc.add_secure_port(address, credentials) if credentials
+                     else self.grpc.add_insecure_port(address))
+        if self.tokens.required and not credentials:
+            log.warning("bearer tokens without TLS: anyone on the network path can read them")
         self.metrics_port: int | None = None
 
     @property
@@ -80,21 +93,34 @@ class Server:
         """Listen at once (health says NOT_SERVING), warm every model up, then report SERVING."""
         await self.set_health(NOT_SERVING)
         if self.config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port)
+            self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port, self.config)
         await self.grpc.start()
         for served in self.served:
             served.start()
             await asyncio.to_thread(served.warm_up)
         await self.set_health(SERVING)
         self.kserve.ready = True
-        log.info("serving %s on %s:%d, metrics on :%s", sorted(self.models), self.config.host, self.port,
-                 self.metrics_port)
+        log.info("serving %s on %s:%d (%s), metrics on %s:%s", sorted(self.models), self.config.host, self.port,
+                 "TLS" if self.config.tls_cert else "plaintext", self.config.metrics_host, self.metrics_port)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Refuse new calls, give open streams ``grace`` seconds, then cancel what is left."""
-        await self.set_health(NOT_SERVING)
+    async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """The shutdown sequence (docs/server.md, Lifecycle): health turns NOT_SERVING and the server keeps serving
+        for ``drain`` seconds, so that load balancers and probes see it; then new calls are refused and health
+        watches ended; open calls get ``grace`` seconds, after which each still open gets UNAVAILABLE "the server is
+        shutting down"; then the engine stops."""
+        grace = self.config.grace_s if grace is None else grace
+        drain = self.config.drain_s if drain is None else drain
+        await self.health.enter_graceful_shutdown()
         self.kserve.ready = False
-        await self.grpc.stop(self.config.grace_s if grace is None else grace)
+        log.info("NOT_SERVING: draining for %g s, then open calls have %g s to finish", drain, grace)
+        await asyncio.sleep(drain)
+        # grpc's own deadline comes after ours: it would end the calls still open with INTERNAL.
+        stopped = asyncio.ensure_future(self.grpc.stop(grace + 1))
+        self.calls.end(SHUTDOWN, health=True)
+        if not await self.calls.settle(grace):
+            log.info("grace period over: ending %d open calls", len(self.calls.live))
+            self.calls.end(SHUTDOWN, health=False)
+        await stopped
         self.kserve.close()
         await asyncio.gather(*(served.stop() for served in self.served))
         self.metrics.close()

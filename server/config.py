@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -19,9 +20,20 @@ from typing import Any
 @dataclass(frozen=True)
 class Config:
     models: str = "models"  # the model repository (docs/manifest.md)
-    host: str = "0.0.0.0"
+    # Addresses: localhost unless told otherwise; a container or cluster passes 0.0.0.0 (the Dockerfile does).
+    host: str = "127.0.0.1"
     port: int = 50051  # gRPC; 0 picks a free port
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = 9100  # Prometheus /metrics over HTTP; 0 picks a free port, -1 disables
+    # TLS: a PEM certificate chain and its key; with a CA bundle, clients must present a certificate it signed (mTLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Bearer tokens (``authorization: Bearer <token>``) required on every RPC but health: one token, and/or a
+    # file of them (one per line, # comments). Neither: no authentication.
+    auth_token: str = ""
+    auth_tokens_file: str = ""
+    reflection: bool = True  # grpc.reflection.v1alpha.ServerReflection
     providers: str = "auto"  # "auto" (CUDA when present, else CPU) or a comma list of ORT providers
     intra_op_threads: int = 2  # 2 measured best for one step on 2 cores
     inter_op_threads: int = 1
@@ -44,9 +56,13 @@ class Config:
     # A KServe sequence (sequence_id) with no request for this long is ended and its state freed
     # (Triton's max_sequence_idle_microseconds).
     sequence_idle_timeout_s: float = 60.0
-    grace_s: float = 10.0  # on SIGTERM, open streams get this long to finish
+    write_timeout_s: float = 30.0  # a stream whose client takes no message for this long is ended
+    max_stream_age_s: float = 600.0  # any call (health aside) older than this is ended
+    drain_s: float = 2.0  # on SIGTERM, health says NOT_SERVING this long before calls are refused
+    grace_s: float = 10.0  # then open calls get this long to finish
     max_texts: int = 256  # texts per Classify / TranslateBatch
     max_text_chars: int = 5000  # characters per text or chunk
+    max_token_chars: int = 100  # StreamSentiment: a longer token (an unknown word) is cut
     max_stream_tokens: int = 2048  # tokens per StreamSentiment stream
     max_history: int = 10000  # values per forecast history
     max_horizon: int = 120  # forecast steps per request
@@ -55,6 +71,31 @@ class Config:
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json" (one object per line, for log collectors)
 
+    def __post_init__(self) -> None:
+        """Every numeric option in its range, the log level known (in any case): ``ValueError`` names the option."""
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if not (low <= value and (high is None or value <= high)):  # also false for NaN
+                bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise ValueError(f"{name} is {value}, it must be {bound}")
+        level = self.log_level.upper()
+        if not isinstance(logging.getLevelName(level), int):
+            raise ValueError(f"log_level is {self.log_level!r}, it must be one of {LOG_LEVELS} (any case)")
+        object.__setattr__(self, "log_level", level)
+
+
+# Every numeric option's range (low, high; None: no upper bound); tests check that none is missing.
+RANGES: dict[str, tuple[float, float | None]] = {
+    "port": (0, 65535), "metrics_port": (-1, 65535), "intra_op_threads": (0, 1024), "inter_op_threads": (0, 1024),
+    "max_batch": (1, None), "max_wait_ms": (0, 1000), "max_streams": (1, None), "max_queue": (1, None),
+    "idle_timeout_s": (0.001, None), "sequence_idle_timeout_s": (0.001, None), "write_timeout_s": (0.001, None),
+    "max_stream_age_s": (0.001, None),
+    "drain_s": (0, None), "grace_s": (0, None), "max_texts": (1, None), "max_text_chars": (1, None),
+    "max_token_chars": (1, None), "max_stream_tokens": (1, None), "max_history": (1, None), "max_horizon": (1, None),
+    "max_decode_len": (1, None), "max_beam": (1, None),
+}
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 
 FIELDS = {f.name: f for f in fields(Config)}
 
@@ -62,9 +103,17 @@ FIELDS = {f.name: f for f in fields(Config)}
 # for the defaults are in the comments above and in docs/server.md.
 HELP = {
     "models": "the model repository: a folder of <name>/<version>/manifest.json (docs/manifest.md)",
-    "host": "the gRPC listen address (0.0.0.0: every interface, as a container needs)",
+    "host": "the gRPC listen address (0.0.0.0: every interface, as a container needs; the image passes it)",
     "port": "the gRPC port (0: a free one, logged at start)",
+    "metrics_host": "the /metrics listen address (0.0.0.0: every interface; the image passes it)",
     "metrics_port": "the Prometheus /metrics HTTP port (0: a free one, -1: no metrics endpoint)",
+    "tls_cert": "PEM certificate chain of the server: with tls_key, TLS on gRPC and /metrics",
+    "tls_key": "PEM private key of tls_cert",
+    "tls_client_ca": "PEM CA bundle: clients must present a certificate it signed (mTLS, gRPC and /metrics)",
+    "auth_token": "a bearer token every call but health must carry (authorization: Bearer <token>); prefer the "
+                  "environment variable to the flag",
+    "auth_tokens_file": "a file of bearer tokens, one a line (# comments), any of which a call may carry",
+    "reflection": "serve grpc.reflection.v1alpha (true/false)",
     "providers": "ONNX Runtime execution providers: auto (CUDA when this ONNX Runtime has it, else CPU) or a comma "
                  "list such as CUDAExecutionProvider,CPUExecutionProvider",
     "intra_op_threads": "ONNX Runtime threads inside one graph run, per session",
@@ -78,18 +127,23 @@ HELP = {
     "idle_timeout_s": "seconds a bidirectional stream may stay silent before it is ended (DEADLINE_EXCEEDED)",
     "sequence_idle_timeout_s": "seconds a KServe sequence (sequence_id) may go without a request before it is "
                                "ended and its state freed (Triton's max_sequence_idle_microseconds)",
-    "grace_s": "seconds open streams get to finish after SIGTERM or SIGINT before they are cancelled",
+    "write_timeout_s": "seconds a stream's client may take no message before the stream is ended (DEADLINE_EXCEEDED)",
+    "max_stream_age_s": "seconds any call but health may last before it is ended (DEADLINE_EXCEEDED)",
+    "drain_s": "seconds health says NOT_SERVING after SIGTERM or SIGINT, still serving, before calls are refused",
+    "grace_s": "seconds open calls then get to finish before they are ended with UNAVAILABLE",
     "max_texts": "texts per Classify or TranslateBatch request",
     "max_text_chars": "characters per text, or per chunk of a stream",
+    "max_token_chars": "StreamSentiment: a longer token (an unknown word) is cut; more than any vocabulary word",
     "max_stream_tokens": "tokens per StreamSentiment stream",
     "max_history": "values per forecast history",
     "max_horizon": "forecast steps per request",
     "max_decode_len": "translation output tokens at most",
     "max_beam": "the widest beam a translation request may ask for",
-    "log_level": "Python logging level: DEBUG, INFO, WARNING or ERROR",
+    "log_level": "Python logging level: DEBUG, INFO, WARNING or ERROR, in any case",
     "log_format": "log lines as text, or json: one JSON object per line (time, level, logger, message)",
 }
 LOG_FORMATS = ("text", "json")
+SECRETS = {"auth_token"}  # never logged
 
 
 BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
@@ -111,10 +165,15 @@ def _apply(config: Config, values: Mapping[str, Any], where: str) -> Config:
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{where}: unknown options {unknown} (known: {sorted(FIELDS)})")
-    return replace(config, **{name: _coerce(name, value) for name, value in values.items()})
+    try:
+        return replace(config, **{name: _coerce(name, value) for name, value in values.items()})
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """The options from a JSON file, the environment and ``argv``; ``ValueError`` names a wrong one and where it came
+    from."""
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="python -m server", description="seqserve: streaming gRPC inference for recurrent ONNX models.",

@@ -14,20 +14,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from contract.repository import Model
 from server.config import Config
 from server.errors import Overloaded
-from server.graph import Arrays, Graph, initial_state
+from server.graph import Arrays, Graph, Lease, initial_state
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 
 class StatePool:
@@ -157,6 +159,18 @@ class Scheduler:
         return self.graph.split(outputs, parts)
 
 
+async def gather_all(awaitables: Iterable[Awaitable[Result]]) -> list[Result]:
+    """All results in order; on the first failure (or cancellation) every other one is cancelled and has ended (so
+    its slots are free) before the error is raised. ``asyncio.gather`` would leave them running."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class ModelRunner:
     """One model version: a ``Graph``, its state pool and a scheduler per graph."""
 
@@ -184,16 +198,18 @@ class ModelRunner:
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.schedulers.values()))
 
+    def open(self, graph: str, rows: int = 1) -> AbstractContextManager[np.ndarray]:
+        """State slots for one stream of ``graph`` (initial values that are constants), released when the block ends
+        however it ends."""
+        return self.state(graph, self.graphs[graph].slots.lease(rows), {})
+
     @contextmanager
-    def open(self, graph: str, rows: int = 1, sources: dict[str, Arrays] | None = None) -> Iterator[np.ndarray]:
-        """State slots for one stream of ``graph``, released when the block ends however it ends."""
-        slots = self.graphs[graph].slots
-        taken = slots.acquire(rows)
-        try:
-            self.pools[graph].initialize(taken, sources or {})
-            yield taken
-        finally:
-            slots.release(taken)
+    def state(self, graph: str, lease: Lease, sources: dict[str, Arrays]) -> Iterator[np.ndarray]:
+        """The leased rows of ``graph``, set to their initial values (taken from ``sources``, the outputs of the
+        graphs they start from), released when the block ends however it ends."""
+        with lease:
+            self.pools[graph].initialize(lease.rows, sources)
+            yield lease.rows
 
     async def run(self, graph: str, inputs: Arrays, slots: np.ndarray | None = None) -> Arrays:
         """One step of one stream: ``inputs`` (plain and context, ``[rows, ...]``) and its state ``slots``."""

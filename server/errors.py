@@ -19,6 +19,12 @@ class Overloaded(RuntimeError):
     """No free stream slot or a full queue: the client should retry later."""
 
 
+def clip(text: str, most: int = 40) -> str:
+    """``text`` as quoted in an error message: at most ``most`` characters of it, so that a message never grows
+    with what a client sent."""
+    return repr(text if len(text) <= most else text[:most] + "…")
+
+
 def check_text(field: str, text: str, limit: int) -> None:
     if not text.strip():
         raise InputError(f"{field} is empty")
@@ -26,17 +32,11 @@ def check_text(field: str, text: str, limit: int) -> None:
         raise InputError(f"{field} has {len(text)} characters, the limit is {limit}")
 
 
-def check_texts(field: str, texts: list[str], most: int, limit: int) -> None:
-    """A batch of texts: 1 to ``most`` of them, each one a text (``check_text``); ``field`` names the list."""
+def check_texts(field: str, texts: list[str], most: int, chars: int) -> None:
+    """Between 1 and ``most`` texts, each within ``chars`` characters."""
     check_count(f"{field} (their number)", len(texts), 1, most)
     for index, text in enumerate(texts):
-        check_text(f"{field}[{index}]", text, limit)
-
-
-def check_chunk(field: str, text: str, limit: int) -> None:
-    """A piece of a streamed text: it may be empty, not longer than ``limit``."""
-    if len(text) > limit:
-        raise InputError(f"{field} has {len(text)} characters, the limit is {limit} per chunk")
+        check_text(f"{field}[{index}]", text, chars)
 
 
 def check_finite(field: str, values: Iterable[float]) -> None:

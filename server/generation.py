@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from server.graph import Arrays, Graph, initial_state
+from server.graph import Arrays, Graph, Lease, initial_state
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Sequence:
     sources: dict[str, Arrays]  # the inputs (one row) of each graph that its initial state and context come from
     inputs: Arrays  # the first step's plain inputs, one row
     limit: int  # steps at most
+    lease: Lease  # its stream slot, given back as soon as its last result is out (its client may read it later)
     results: asyncio.Queue = field(default_factory=asyncio.Queue)
     opened: float = field(default_factory=time.perf_counter)
     closed: bool = False  # the stream went away: the loop drops the row before its next step
@@ -122,8 +123,8 @@ class Generator:
     """Greedy-style generation over one graph of one model version; see the module docstring.
 
     ``sources`` are the graphs its initial state and context come from (the manifest's ``initial``
-    and ``context.from``: the encoder for translation). Open sequences count against the graph's
-    stream slots, like the per-step path's streams.
+    and ``context.from``: the encoder for translation). A sequence holds one of the graph's stream
+    slots (leased by the caller, like the per-step path's streams) until it has been decoded.
     """
 
     def __init__(self, graph: Graph, sources: dict[str, Graph], reads: list[str], pick: Pick) -> None:
@@ -144,17 +145,16 @@ class Generator:
         await asyncio.to_thread(self.thread.join)
 
     @contextmanager
-    def open(self, sources: dict[str, Arrays], inputs: Arrays, limit: int) -> Iterator[Sequence]:
-        """Start a sequence from its source graphs' inputs (``{graph: {input: one row}}``); it holds one
-        of the graph's stream slots until the block ends, however it ends."""
-        sequence = Sequence(sources, inputs, limit)
-        slot = self.graph.slots.acquire(1)
+    def open(self, sources: dict[str, Arrays], inputs: Arrays, limit: int, lease: Lease) -> Iterator[Sequence]:
+        """Start a sequence from its source graphs' inputs (``{graph: {input: one row}}``); it holds its stream slot
+        (``lease``, one row) until its last result has arrived or the block ends, however it ends."""
+        sequence = Sequence(sources, inputs, limit, lease)
         try:
             self.joining.put(sequence)
             yield sequence
         finally:
             sequence.closed = True
-            self.graph.slots.release(slot)
+            lease.release()
 
     def _loop(self) -> None:
         batch: Batch | None = None
@@ -252,7 +252,10 @@ class Generator:
 
 
 def deliver(items: list[tuple[Sequence, Any]]) -> None:
-    """On the event loop: each result into its sequence's queue, unless its stream is gone."""
+    """On the event loop: each result into its sequence's queue, unless its stream is gone. A sequence's last
+    result (its end or an error) gives its slot back: what is left to send is the stream's business."""
     for sequence, item in items:
+        if item is END or isinstance(item, Exception):
+            sequence.lease.release()
         if not sequence.closed:
             sequence.results.put_nowait(item)

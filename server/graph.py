@@ -57,22 +57,27 @@ class Slots:
 
     A row that is part of a running batch is released only when that batch has written its new
     state back (``batch_done``), so a new stream never receives a row that a late scatter overwrites.
+    ``owner`` names the model version and graph in errors.
     """
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int, owner: str) -> None:
+        self.capacity, self.owner = capacity, owner
         self.free = list(range(capacity - 1, -1, -1))
         self.running: set[int] = set()
         self.deferred: list[int] = []
 
     def acquire(self, rows: int) -> np.ndarray:
         if len(self.free) < rows:
-            raise Overloaded(f"all {self.capacity} stream slots are in use")
+            raise Overloaded(f"{self.owner}: {rows} stream slot{'s' if rows > 1 else ''} wanted, {len(self.free)} of "
+                             f"{self.capacity} free: retry later, or raise max_streams")
         return np.array([self.free.pop() for _ in range(rows)], dtype=np.int64)
 
     def release(self, slots: np.ndarray) -> None:
         for slot in slots.tolist():
             (self.deferred if slot in self.running else self.free).append(slot)
+
+    def lease(self, rows: int) -> Lease:
+        return Lease(self, self.acquire(rows))
 
     def batch_started(self, slots: np.ndarray) -> None:
         self.running.update(slots.tolist())
@@ -85,6 +90,33 @@ class Slots:
     @property
     def in_use(self) -> int:
         return self.capacity - len(self.free)
+
+
+class Lease:
+    """Rows taken from ``Slots`` at once, given back by ``release`` (once, however often it is called) or at the end
+    of a ``with`` block. ``split`` hands them out to several streams, which may each give theirs back earlier."""
+
+    def __init__(self, slots: Slots, rows: np.ndarray) -> None:
+        self.slots, self.rows = slots, rows
+        self.parts: list[Lease] = []
+        self.released = False
+
+    def split(self, count: int) -> list[Lease]:
+        self.parts = [Lease(self.slots, rows) for rows in np.split(self.rows, count)]
+        return self.parts
+
+    def release(self) -> None:
+        for part in self.parts:
+            part.release()
+        if not (self.parts or self.released):
+            self.slots.release(self.rows)
+        self.released = True
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class Graph:
@@ -104,7 +136,8 @@ class Graph:
         self.context = {c.input: c.pad_value for c in model.manifest.context_of(name)}
         self.pad = getattr(model.manifest.preprocessing, "pad_id", 0)
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.slots = Slots(config.max_streams) if self.state else None
+        owner = f"model {model.name!r} version {model.version} ({name})"
+        self.slots = Slots(config.max_streams, owner) if self.state else None
         # What waits for this graph's next batch: one size function per queue in front of it (the
         # scheduler's, a generation loop's), read when /metrics is scraped, like the slots.
         self.queues: list[Callable[[], int]] = []

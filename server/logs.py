@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 
-from server.config import Config
+from server.config import SECRETS, Config
 from server.repository import Served
 
 TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -44,12 +44,14 @@ def _version(distribution: str) -> str:
 
 def summary(config: Config, served: list[Served]) -> list[str]:
     """What this process serves and how: versions, each model version with its graphs, provider and
-    stream slots, and the effective configuration (defaults, file, environment and flags applied)."""
+    stream slots, and the effective configuration (defaults, file, environment and flags applied; secrets
+    hidden)."""
     lines = [f"python {platform.python_version()}, " + ", ".join(f"{name} {_version(name)}" for name in VERSIONS)]
     for one in served:
         model, graphs = one.model, one.runner.graphs
         slots = [f"{name} {graph.slots.capacity}" for name, graph in graphs.items() if graph.slots]
         lines.append(f"model {model.name}/{model.version} ({model.task}): graphs {', '.join(graphs)} on "
                      f"{', '.join(one.runner.providers)}; stream slots: {', '.join(slots) or 'none'}")
-    lines.append("configuration: " + " ".join(f"{name}={value}" for name, value in asdict(config).items()))
+    shown = {name: "<secret>" if name in SECRETS and value else value for name, value in asdict(config).items()}
+    lines.append("configuration: " + " ".join(f"{name}={value}" for name, value in shown.items()))
     return lines

@@ -20,6 +20,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from server.config import Config
+
 FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 SLOW = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -52,9 +54,11 @@ class Metrics:
                               registry=r)
         self.forecast_steps = Counter("seqserve_forecast_steps", "Forecast steps sent (forecast models)", request,
                                       registry=r)
-        self.active_streams = Gauge("seqserve_active_streams", "Streams holding state slots", request, registry=r)
-        self.sessions_ended = Counter("seqserve_sessions_ended", "Streams ended, by reason "
-                                      "(completed, cancelled, idle_timeout, error)", [*request, "reason"], registry=r)
+        self.active_streams = Gauge("seqserve_active_streams", "Streams holding state slots (a batch: one per text)",
+                                    request, registry=r)
+        self.sessions_ended = Counter("seqserve_sessions_ended", "Streams ended, by reason (completed, cancelled, "
+                                      "deadline, idle_timeout, write_timeout, max_age, shutdown, error)",
+                                      [*request, "reason"], registry=r)
         self.queue_wait = Histogram("seqserve_queue_wait_seconds", "From a step's submission to its batch's start",
                                     graph, buckets=FAST, registry=r)
         self.batch_size = Histogram("seqserve_batch_size", "Rows per batched step", graph, buckets=BATCH, registry=r)
@@ -71,9 +75,13 @@ class Metrics:
         """What a call to a model of ``task`` sends is counted as: forecast steps, else tokens."""
         return self.forecast_steps if task == "forecast" else self.tokens
 
-    def serve(self, port: int) -> int:
-        """Serve ``/metrics`` on ``port`` (0: a free one); returns the port."""
-        self.http, _ = start_http_server(port, registry=self.registry)
+    def serve(self, host: str, port: int, config: Config) -> int:
+        """Serve ``/metrics`` on ``host``:``port`` (0: a free one), over TLS (and mTLS) as the gRPC port is; returns
+        the port."""
+        tls = {"certfile": config.tls_cert, "keyfile": config.tls_key} if config.tls_cert else {}
+        if config.tls_client_ca:
+            tls |= {"client_cafile": config.tls_client_ca, "client_auth_required": True}
+        self.http, _ = start_http_server(port, host, registry=self.registry, **tls)
         return self.http.server_port
 
     def close(self) -> None:

@@ -1,17 +1,22 @@
-"""What every RPC shares: model lookup, input errors, status codes and per-call metrics."""
+"""What every RPC shares: model lookup, input errors, status codes, per-call metrics and the calls the server ends
+itself (shutdown, maximum age, stalled writes)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from server.errors import InputError, Overloaded
+from server.config import Config
+from server.errors import InputError, Overloaded, clip
 from server.metrics import Metrics
 from server.repository import Repository, Served
 
@@ -29,15 +34,15 @@ class RequestError(Exception):
 
 
 def lookup(repository: Repository, name: str, version: int, field: str = "model.") -> Served:
-    """The model ``name`` at ``version`` (0 = newest); NOT_FOUND names the ``field`` and what exists."""
+    """The model ``name`` at ``version`` (0 = newest); NOT_FOUND names the ``field``. It lists nothing: which models
+    exist is ``ListModels``' answer, to callers allowed to ask."""
     versions = repository.get(name)
     if versions is None:
-        raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"{field}name {name!r} is not loaded (models: {sorted(repository)})")
+        raise RequestError(grpc.StatusCode.NOT_FOUND, f"{field}name {clip(name)} is not loaded (ListModels lists them)")
     version = version or max(versions)
     if version not in versions:
-        raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"{field}version {version} of {name!r} is not loaded (versions: {sorted(versions)})")
+        raise RequestError(grpc.StatusCode.NOT_FOUND, f"{field}version {version} of {clip(name)} is not loaded "
+                                                      "(0 means the newest)")
     return versions[version]
 
 
@@ -46,24 +51,135 @@ def resolve(repository: Repository, ref: Any, task: str) -> Served:
     served = lookup(repository, ref.name, ref.version)
     if served.model.task != task:
         kind = served.model.task or "task-less (generic stateful)"
-        raise InputError(f"model.name {ref.name!r} is a {kind} model, this method needs a {task} model")
+        raise InputError(f"model.name {clip(ref.name)} is a {kind} model, this method needs a {task} model")
     return served
 
 
+class Undecodable:
+    """What a request that protobuf cannot parse (malformed bytes, invalid UTF-8 in a string) deserializes to, so
+    that the call answers INVALID_ARGUMENT instead of gRPC answering UNKNOWN with a traceback."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserializer`` returning ``Undecodable`` instead of raising."""
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as error:  # protobuf's DecodeError, and whatever else a parser may raise
+            return Undecodable(error)
+
+    return deserialize
+
+
+def decoded(message: Any, method: str) -> Any:
+    """``message``, or a ``RequestError`` (INVALID_ARGUMENT, logged in one line) when it could not be parsed."""
+    if isinstance(message, Undecodable):
+        log.warning("%s: undecodable request: %s", method, message.error)
+        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"the request could not be decoded: {clip(str(message.error), 120)}")
+    return message
+
+
+@dataclass(frozen=True, eq=False)
+class Ending:
+    """A call the server ends itself: the status its client gets and the reason counted in ``sessions_ended``."""
+
+    reason: str
+    code: grpc.StatusCode
+    message: str
+
+
+SHUTDOWN = Ending("shutdown", grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry the call")
+
+
+def max_age(seconds: float) -> Ending:
+    return Ending("max_age", grpc.StatusCode.DEADLINE_EXCEEDED,
+                  f"the call was ended at max_stream_age_s ({seconds:g} s): open a new one")
+
+
+@dataclass(eq=False)
+class Tracked:
+    """A call in progress: the task that runs it, so that the server can end it with an ``Ending``."""
+
+    health: bool  # grpc.health.v1: no maximum age, and shut down first
+    task: asyncio.Task
+    ending: Ending | None = None
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def end(self, ending: Ending) -> None:
+        if self.ending is None:
+            self.ending = ending
+            self.task.cancel()
+
+
+CURRENT: contextvars.ContextVar[Tracked | None] = contextvars.ContextVar("seqserve_call", default=None)
+
+
+class Calls:
+    """Every call in progress (``track``), for the shutdown sequence and the maximum age."""
+
+    def __init__(self, max_age_s: float) -> None:
+        self.max_age_s = max_age_s
+        self.live: set[Tracked] = set()
+        self.quiet = asyncio.Event()  # no call in progress but health watches
+        self.quiet.set()
+
+    @contextmanager
+    def track(self, health: bool) -> Iterator[Tracked]:
+        """The current task runs a call until the block ends; other than health, it is ended at ``max_age_s``."""
+        tracked = Tracked(health, asyncio.current_task())
+        if not health:
+            tracked.timer = asyncio.get_running_loop().call_later(self.max_age_s, tracked.end, max_age(self.max_age_s))
+            self.quiet.clear()
+        self.live.add(tracked)
+        token = CURRENT.set(tracked)
+        try:
+            yield tracked
+        finally:
+            CURRENT.reset(token)
+            self.live.discard(tracked)
+            if tracked.timer is not None:
+                tracked.timer.cancel()
+            if all(t.health for t in self.live):
+                self.quiet.set()
+
+    def end(self, ending: Ending, health: bool) -> None:
+        """End every health watch (``health``) or every other call."""
+        for tracked in list(self.live):
+            if tracked.health == health:
+                tracked.end(ending)
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every call but health watches to end; whether they did."""
+        try:
+            await asyncio.wait_for(self.quiet.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 class Call:
-    """Metrics of one call: status, duration, time to first result, gaps between results, stream slots.
+    """One call: its metrics (status, duration, time to first result, gaps between results, stream slots) and its
+    stream's reads and writes, each bounded in time: a client that sends nothing for ``idle_timeout_s`` or takes no
+    message for ``write_timeout_s`` ends the stream (logged, counted by reason)."""
 
-    ``context`` is the RPC's; without one (a request among others on one stream) the call is
-    recorded as soon as it finishes.
-    """
-
-    def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext | None,
+    def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext | None, config: Config,
                  protocol: str = SEQSERVE) -> None:
         self.metrics, self.method, self.context, self.protocol = metrics, method, context, protocol
+        self.tracked = CURRENT.get()
+        self.idle = Ending("idle_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"no message for {config.idle_timeout_s:g} s (idle_timeout_s): the stream was ended")
+        self.stalled = Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED, f"the client read nothing for "
+                              f"{config.write_timeout_s:g} s (write_timeout_s): the stream was ended")
+        self.timeouts = {self.idle: config.idle_timeout_s, self.stalled: config.write_timeout_s}
         self.model = self.task = ""
         self.started = self.last = time.perf_counter()
         self.results = 0
-        self.streaming = False
+        self.streams = 0
         self.end_reason: str | None = None
 
     @property
@@ -74,10 +190,38 @@ class Call:
         self.model, self.task = served.model.name, served.model.task
         return served
 
-    def stream_opened(self) -> None:
-        """The call now holds state slots: it counts as an active stream until it ends."""
-        self.streaming = True
-        self.metrics.active_streams.labels(**self.labels).inc()
+    def stream_opened(self, count: int = 1) -> None:
+        """The call now holds state slots for ``count`` streams (a batch: one per text), counted as active until
+        its handler ends. Call it once the request is valid and its slots are taken, so that refusals are never
+        counted."""
+        self.streams = count
+        self.metrics.active_streams.labels(**self.labels).inc(count)
+
+    def close(self) -> None:
+        """The handler has ended: its streams hold nothing any more (a status may still wait for a slow reader)."""
+        if self.streams:
+            self.metrics.active_streams.labels(**self.labels).dec(self.streams)
+
+    async def read(self) -> Any:
+        """The next message of the client's stream, or ``None`` at its end."""
+        message = await self._bounded(self.context.read(), self.idle)
+        return None if message is grpc.aio.EOF else decoded(message, self.method)
+
+    async def write(self, message: Any, results: int = 1) -> None:
+        """Send ``message``, which carries ``results`` tokens or steps. gRPC's flow control keeps what a client has
+        not read within its window, so a client that stops reading stops the stream here."""
+        await self._bounded(self.context.write(message), self.stalled)
+        if results:
+            self.emitted(results)
+
+    async def _bounded(self, operation: Awaitable[Any], ending: Ending) -> Any:
+        """``operation``, or the call ends with ``ending`` once it has taken its time (a timer: no task per
+        message)."""
+        timer = asyncio.get_running_loop().call_later(self.timeouts[ending], self.tracked.end, ending)
+        try:
+            return await operation
+        finally:
+            timer.cancel()
 
     def emitted(self, count: int = 1) -> None:
         now = time.perf_counter()
@@ -91,39 +235,40 @@ class Call:
 
     def finish(self, code: grpc.StatusCode) -> None:
         """Record the call once it is over: a client that went away reads as the end of its stream, so
-        only the finished RPC tells whether it was cancelled."""
+        only the finished RPC tells whether it was cancelled. A call without a context (one request among
+        others on a stream) is closed and recorded at once."""
         if self.context is None:
+            self.close()
             self._record(code)
             return
         self.context.add_done_callback(
             lambda context: self._record(grpc.StatusCode.CANCELLED if context.cancelled() else code))
 
     def _record(self, code: grpc.StatusCode) -> None:
-        self.metrics.requests.labels(**self.labels, code=code.name).inc()
+        count_request(self.metrics, self.model, self.method, code, self.protocol)
         self.metrics.request_duration.labels(**self.labels).observe(time.perf_counter() - self.started)
-        if self.streaming:
-            self.metrics.active_streams.labels(**self.labels).dec()
+        if self.streams:
             reason = self.end_reason or {grpc.StatusCode.OK: "completed", grpc.StatusCode.CANCELLED: "cancelled",
                                          grpc.StatusCode.DEADLINE_EXCEEDED: "deadline"}.get(code, "error")
-            self.metrics.sessions_ended.labels(**self.labels, reason=reason).inc()
+            self.metrics.sessions_ended.labels(**self.labels, reason=reason).inc(self.streams)
+
+
+def count_request(metrics: Metrics, model: str, method: str, code: grpc.StatusCode, protocol: str = SEQSERVE) -> None:
+    metrics.requests.labels(model=model, method=method, protocol=protocol, code=code.name).inc()
 
 
 Handler = Callable[..., Awaitable[Any]]
 
 
-def status(error: Exception) -> tuple[grpc.StatusCode, str] | None:
-    """The status and message of an error that the client caused or may retry; None for a server fault."""
+def status(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status of a call that ``error`` ended: the client's mistake, an overload, else an internal error (logged
+    with its traceback)."""
     if isinstance(error, RequestError):
         return error.code, error.message
     if isinstance(error, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(error)
     if isinstance(error, Overloaded):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)
-    return None
-
-
-def internal(method: str) -> tuple[grpc.StatusCode, str]:
-    """A server fault, logged with its traceback (call it in an ``except`` block)."""
     log.exception("%s failed", method)
     return grpc.StatusCode.INTERNAL, f"{method}: internal error (see the server log)"
 
@@ -131,45 +276,41 @@ def internal(method: str) -> tuple[grpc.StatusCode, str]:
 def rpc(method: str, protocol: str = SEQSERVE) -> Callable[[Handler], Handler]:
     """Wrap a servicer method ``(self, request, context, call)``: map errors to status codes, count the call.
 
-    The server keeps serving after any of them: each ends only its own call.
+    The server keeps serving after any of them: each ends only its own call. A call that the server ends itself
+    (an ``Ending``: a timeout, shutdown) is cancelled; it is counted here and its status is sent by the interceptor.
     """
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = Call(self.metrics, method, context, protocol)
+            call = Call(self.metrics, method, context, self.config, protocol)
             try:
                 result = await handler(self, request, context, call)
             except asyncio.CancelledError:
-                remaining = context.time_remaining()
-                expired = remaining is not None and remaining <= 0
-                call.finish(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)
+                call.close()
+                ending = call.tracked.ending
+                if ending is not None:
+                    if ending is not SHUTDOWN:
+                        log.warning("%s (%s): %s", method, call.model, ending.message)
+                    call.end_reason = ending.reason
+                    call.finish(ending.code)
+                else:
+                    remaining = context.time_remaining()
+                    expired = remaining is not None and remaining <= 0
+                    call.finish(grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED)
                 raise
             except Exception as error:
-                known = status(error)
-                if known is None:
-                    if context.code() is not None:  # already aborted inside the handler
-                        raise
-                    known = internal(method)
-                call.finish(known[0])
-                await context.abort(*known)
+                call.close()  # before the status goes out: a client that has it sees the gauges already down
+                if context.code() is not None:  # already aborted inside the handler
+                    raise
+                code, message = status(error, method)
+                call.finish(code)
+                await context.abort(code, message)
             else:
+                call.close()
                 call.finish(grpc.StatusCode.OK)
                 return result
 
         return wrapper
 
     return decorate
-
-
-async def read(context: grpc.aio.ServicerContext, call: Call, idle_timeout: float) -> Any:
-    """The next message of a client stream, or ``None`` at its end. A client silent for
-    ``idle_timeout`` seconds ends the stream (logged, counted as ``idle_timeout``)."""
-    try:
-        message = await asyncio.wait_for(context.read(), idle_timeout)
-    except TimeoutError:
-        log.warning("%s (%s): no message for %.0f s, ending the stream", call.method, call.model, idle_timeout)
-        call.end_reason = "idle_timeout"
-        raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                           f"no message for {idle_timeout:g} s (idle_timeout_s): the stream was ended") from None
-    return None if message is grpc.aio.EOF else message

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,9 @@ import pytest
 
 from contract.forecast import decode, encode, fit_scale, step_inputs
 from contract.manifest import ManifestError, parse_manifest
+from contract.repository import read_manifest
 from contract.translation import Beam, OutputLength, greedy_tokens
+from contract.words import TOKEN_PATTERN, IncrementalWords, WordTokenizer
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TASKS = ("sentiment", "forecast", "translation")
@@ -175,3 +179,73 @@ def test_a_manifest_without_a_task_is_a_generic_step_graph() -> None:
         with pytest.raises(ManifestError) as error:
             parse_manifest({**generic_manifest(), **change}, "m.json")
         assert str(error.value).startswith(expected), str(error.value)
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../../../etc/hostname", "sub/../../x.onnx", "", "a\\..\\b"])
+def test_manifest_files_stay_inside_the_model_folder(name: str) -> None:
+    data = json.loads((MODELS / "sentiment" / "1" / "manifest.json").read_text())
+    data["files"][name] = "0" * 64
+    with pytest.raises(ManifestError, match=r"^m\.json: files names .*relative path inside the model's folder"):
+        parse_manifest(data, "m.json")
+
+
+def test_preprocessing_files_must_be_listed() -> None:
+    data = json.loads((MODELS / "translation" / "1" / "manifest.json").read_text())
+    data["preprocessing"]["subwords"] = "/etc/hostname"
+    with pytest.raises(ManifestError, match=r"^m\.json: preprocessing.subwords '/etc/hostname' is not listed in"):
+        parse_manifest(data, "m.json")
+
+
+def test_a_file_linked_out_of_the_model_folder_is_refused(tmp_path: Path) -> None:
+    """A listed file that is a symbolic link to elsewhere is not read (nor hashed)."""
+    folder = tmp_path / "sentiment" / "1"
+    shutil.copytree(MODELS / "sentiment" / "1", folder)
+    outside = tmp_path / "secret.json"
+    outside.write_text("{}")
+    (folder / "vocab.json").unlink()
+    (folder / "vocab.json").symlink_to(outside)
+    with pytest.raises(ManifestError, match=r"files\.vocab\.json: .* leads outside the model's folder"):
+        read_manifest(folder)
+
+
+def reference_words(tokenizer: WordTokenizer, text: str, limit: int) -> list[str]:
+    """``IncrementalWords``' rule on the whole text: per run of non-whitespace, its tokens up to the first one longer
+    than ``limit``, which is cut."""
+    tokens = []
+    for run in text.split():
+        for token in tokenizer.tokens(run):
+            tokens.append(token if len(token) <= limit else token[:limit] + "…")
+            if len(token) > limit:
+                break
+    return tokens
+
+
+def test_incremental_words_equal_the_whole_text_in_any_chunking_and_hold_little(tmp_path: Path) -> None:
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({"token_pattern": TOKEN_PATTERN, "words": ["<pad>", "<unk>", "a", "it's", "good"]}))
+    tokenizer = WordTokenizer(path, 1)
+    with pytest.raises(ValueError, match="would cut vocabulary words"):
+        IncrementalWords(tokenizer, 4)
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice("aab'' ,.\n-xyz") for _ in range(rng.randint(0, 40)))
+        text += rng.choice(["", " ", "a'"]) + "q" * rng.randint(3, 30) + rng.choice(["", "'", "'s", ",", " x", ", x"])
+        limit = rng.randint(6, 12)
+        words, tokens, start = IncrementalWords(tokenizer, limit), [], 0
+        while start < len(text):
+            size = rng.randint(0, 7)
+            tokens += words.feed(text[start : start + size])
+            start += size
+            assert len(words.pending) <= limit + 1  # the held text is bounded, whatever arrives
+        tokens += words.flush()
+        assert tokens == reference_words(tokenizer, text, limit), text
+    assert reference_words(tokenizer, "It's good", 8) == tokenizer.tokens("It's good")  # no cut: the training rule
+
+
+def test_incremental_words_hold_nothing_of_an_endless_word_or_of_spaces(tmp_path: Path) -> None:
+    """What a hostile stream sends costs in proportion to itself: nothing of it accumulates."""
+    words = IncrementalWords(WordTokenizer(MODELS / "sentiment" / "1" / "vocab.json", 1), 100)
+    assert all(words.feed(" " * 5000) == [] and words.pending == "" for _ in range(300))
+    assert words.feed("a" * 5000) == ["a" * 100 + "…"]
+    assert all(words.feed("a" * 5000) == [] and words.pending == "" for _ in range(300))
+    assert words.feed(" great film") == ["great"] and words.flush() == ["film"]

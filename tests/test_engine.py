@@ -21,7 +21,7 @@ import pytest
 from contract.manifest import parse_manifest
 from contract.repository import Model
 from server.config import Config
-from server.engine import ModelRunner, Scheduler, StatePool, StepRequest
+from server.engine import ModelRunner, Scheduler, StatePool, StepRequest, gather_all
 from server.errors import Overloaded
 from server.generation import Generator
 from server.graph import Graph, Slots
@@ -103,7 +103,7 @@ def slow_decoder(feed):
 
 
 MANIFEST = {
-    "format": "seqserve-manifest/1", "task": "translation", "files": {"e.onnx": "", "d.onnx": ""},
+    "format": "seqserve-manifest/1", "task": "translation", "files": {"e.onnx": "", "d.onnx": "", "spm.model": ""},
     "graphs": {
         "encoder": {"file": "e.onnx", "inputs": [{"name": "src_ids", "dtype": "int64", "shape": ["batch", "src"]},
                                                  {"name": "src_lengths", "dtype": "int64", "shape": ["batch"]}],
@@ -159,10 +159,15 @@ def generator(config: Config) -> tuple[Generator, Graph, dict[str, FakeSession]]
     return Generator(graph, {"encoder": encoder_graph}, ["log_probs", "attention"], pick), graph, sessions
 
 
+def new_slots(capacity: int) -> Slots:
+    return Slots(capacity, "model 'fake' version 1 (step)")
+
+
 def test_slots_limit_streams_and_defer_rows_of_a_running_batch() -> None:
-    slots = Slots(3)
+    slots = new_slots(3)
     taken = slots.acquire(2)
-    with pytest.raises(Overloaded, match="all 3 stream slots are in use"):
+    with pytest.raises(Overloaded, match=r"model 'fake' version 1 \(step\): 2 stream slots wanted, 1 of 3 free: "
+                                         "retry later, or raise max_streams"):
         slots.acquire(2)
     slots.batch_started(taken)
     slots.release(taken)  # the batch has not written its state back yet: the rows stay taken
@@ -172,6 +177,43 @@ def test_slots_limit_streams_and_defer_rows_of_a_running_batch() -> None:
     slots.batch_done(taken)
     assert slots.in_use == 1
     assert len(slots.acquire(2)) == 2
+
+
+def test_a_lease_is_split_and_given_back_once() -> None:
+    slots = new_slots(6)
+    with slots.lease(6) as lease:
+        parts = lease.split(3)
+        assert [len(p.rows) for p in parts] == [2, 2, 2] and slots.in_use == 6
+        parts[0].release()
+        parts[0].release()  # twice: still two rows given back, not four
+        assert slots.in_use == 4
+    assert slots.in_use == 0
+    lease.release()
+    assert slots.in_use == 0
+
+
+def test_gather_all_cancels_the_others_when_one_fails() -> None:
+    async def scenario() -> None:
+        ended = []
+
+        async def slow(name: str) -> str:
+            try:
+                await asyncio.sleep(10)
+            finally:
+                ended.append(name)
+            return name
+
+        async def failing() -> None:
+            await asyncio.sleep(0.01)
+            raise ValueError("bad text")
+
+        started = time.perf_counter()
+        with pytest.raises(ValueError, match="bad text"):
+            await gather_all([slow("a"), failing(), slow("b")])
+        assert sorted(ended) == ["a", "b"] and time.perf_counter() - started < 5  # ended before the error came
+        assert await gather_all([asyncio.sleep(0, "x"), asyncio.sleep(0, "y")]) == ["x", "y"]
+
+    asyncio.run(scenario())
 
 
 def test_scheduler_batches_within_the_window_up_to_max_batch() -> None:
@@ -225,7 +267,7 @@ def test_generator_sequences_finish_at_their_limits_with_their_own_state_and_con
         limits = [4, 1, 6]
 
         async def one(ids: list[int], limit: int):
-            with gen.open(source(ids), first_token(), limit) as sequence:
+            with gen.open(source(ids), first_token(), limit, graph.slots.lease(1)) as sequence:
                 return [item async for chunk in sequence.chunks(2) for item in chunk]
 
         results = await asyncio.gather(*(one(ids, limit) for ids, limit in zip(sources, limits, strict=True)))
@@ -251,7 +293,7 @@ def test_generator_admits_waiting_sequences_as_rows_finish_and_drops_closed_ones
 
         async def one(ids: list[int], limit: int, stop_after: int | None = None):
             got = []
-            with gen.open(source(ids), first_token(), limit) as sequence:
+            with gen.open(source(ids), first_token(), limit, graph.slots.lease(1)) as sequence:
                 async for chunk in sequence.chunks(1):
                     got += chunk
                     if stop_after is not None and len(got) >= stop_after:
@@ -271,7 +313,7 @@ def test_generator_admits_waiting_sequences_as_rows_finish_and_drops_closed_ones
 
 def test_generator_regathers_only_when_its_rows_change(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        gen, _, _ = generator(Config(max_batch=8, max_streams=8))
+        gen, graph, _ = generator(Config(max_batch=8, max_streams=8))
         calls = []  # of the schedules that ran a step: whether the batch was rebuilt
         original = gen.schedule.__func__
 
@@ -283,7 +325,7 @@ def test_generator_regathers_only_when_its_rows_change(monkeypatch: pytest.Monke
 
         monkeypatch.setattr(Generator, "schedule", counting)
         gen.start()
-        with gen.open(source([1, 2]), first_token(), 5) as sequence:
+        with gen.open(source([1, 2]), first_token(), 5, graph.slots.lease(1)) as sequence:
             assert len([item async for chunk in sequence.chunks(8) for item in chunk]) == 5
         await gen.stop()
         assert calls == [True, False, False, False, False]  # built once, then reused for each step
@@ -295,18 +337,38 @@ def test_generator_full_slots_and_a_failing_step() -> None:
     async def scenario() -> None:
         gen, graph, sessions = generator(Config(max_batch=4, max_streams=1))
         gen.start()
-        with gen.open(source([1]), first_token(), 3), pytest.raises(Overloaded), \
-                gen.open(source([2]), first_token(), 3):
-            pass
+        with gen.open(source([1]), first_token(), 3, graph.slots.lease(1)), pytest.raises(Overloaded):
+            graph.slots.lease(1)
         sessions["decoder_step"].compute = lambda feed: 1 / 0
-        with gen.open(source([3]), first_token(), 3) as sequence, pytest.raises(ZeroDivisionError):
+        failing = gen.open(source([3]), first_token(), 3, graph.slots.lease(1))
+        with failing as sequence, pytest.raises(ZeroDivisionError):
             async for _ in sequence.chunks(1):
                 pass
         sessions["decoder_step"].compute = decoder  # the loop survived the failure
-        with gen.open(source([3]), first_token(), 2) as sequence:
+        with gen.open(source([3]), first_token(), 2, graph.slots.lease(1)) as sequence:
             assert len([item async for chunk in sequence.chunks(1) for item in chunk]) == 2
         await gen.stop()
         assert graph.slots.in_use == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_decoded_sequence_gives_its_slot_back_before_its_results_are_read() -> None:
+    """A client that reads slowly (or never) holds memory for its results, not a stream slot."""
+
+    async def scenario() -> None:
+        gen, graph, _ = generator(Config(max_batch=4, max_streams=1))
+        gen.start()
+        with gen.open(source([1, 2]), first_token(), 5, graph.slots.lease(1)) as sequence:
+            for _ in range(500):  # the generator decodes all five steps; nothing has been read yet
+                if graph.slots.in_use == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert graph.slots.in_use == 0 and sequence.results.qsize() == 6  # five results and the end
+            with graph.slots.lease(1):  # another stream can start
+                pass
+            assert len([item async for chunk in sequence.chunks(8) for item in chunk]) == 5
+        await gen.stop()
 
     asyncio.run(scenario())
 
@@ -316,7 +378,7 @@ def test_generator_step_and_wall_time_are_recorded() -> None:
         gen, graph, _ = generator(Config(max_batch=4, max_streams=4))
         gen.start()
         started = time.perf_counter()
-        with gen.open(source([1, 2, 3]), first_token(), 3) as sequence:
+        with gen.open(source([1, 2, 3]), first_token(), 3, graph.slots.lease(1)) as sequence:
             async for _ in sequence.chunks(4):
                 pass
         await gen.stop()

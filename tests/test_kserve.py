@@ -24,7 +24,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
-from serving import Running, wait_for
+from servers import Running, wait_for
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -397,7 +397,7 @@ def test_cancelling_a_stream_frees_every_slot_of_it(triton_client: triton.Infere
     assert wait_for(lambda: running.in_use() == 0)
 
     def ended() -> float:
-        return running.total("seqserve_sessions_ended_total", protocol="kserve", method="ModelStreamInfer",
+        return running.sample("seqserve_sessions_ended_total", protocol="kserve", method="ModelStreamInfer",
                              reason="cancelled")
 
     before = ended()
@@ -556,7 +556,7 @@ def test_an_idle_sequence_ends_is_counted_and_logged(repository: Path, tmp_path:
         with caplog.at_level(logging.WARNING, logger="server.services.kserve.sequences"):
             client.infer("gru", [x], sequence_id=11, sequence_start=True)
             assert small.in_use() == 1
-            with pytest.raises(InferenceServerException, match="all 1 stream slots are in use") as error:
+            with pytest.raises(InferenceServerException, match="1 stream slot wanted, 0 of 1 free") as error:
                 client.infer("gru", [x], sequence_id=99, sequence_start=True)
             assert error.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
             with pytest.raises(InferenceServerException, match="sequence 99 to model 'gru' must specify the START"):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serving import Running
+from servers import Running
 
 from client import Client
 from server.config import Config

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serving import Running, wait_for
+from servers import CONFIG, MODELS, Running, wait_for
 
 from client import Client
 from client.__main__ import main as cli
@@ -37,29 +36,12 @@ from server.config import Config, load_config
 from training.forecast_data import HORIZON, load_panel
 from training.translation_data import read_tsv
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
 pytestmark = pytest.mark.skipif(not (MODELS / "sentiment").is_dir(), reason=f"no sentiment model in {MODELS}")
 
-CONFIG = Config(models=str(MODELS), host="127.0.0.1", port=0, metrics_port=0, max_streams=80, idle_timeout_s=2.0,
-                max_text_chars=500, max_texts=8, max_horizon=24, grace_s=1.0)
 TEXTS = [
     "A wonderful, moving film with a great cast.", "Dull, lifeless and far too long.",
     "It's not bad, but it isn't good either.", "The best thing I've seen this year!",
 ]
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[Running]:
-    running = Running(CONFIG)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def client(running: Running) -> Iterator[Client]:
-    with Client(running.target, timeout=30) as client:
-        yield client
 
 
 def chunks_of(text: str, size: int) -> list[str]:
@@ -207,7 +189,7 @@ def test_idle_timeout_and_deadline(running: Running, client: Client) -> None:
     with pytest.raises(grpc.RpcError) as error:
         list(client.stream_sentiment(slow(CONFIG.idle_timeout_s + 1)))
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "idle_timeout_s" in error.value.details()
-    assert running.sample("seqserve_sessions_ended_total", reason="idle_timeout") >= 1
+    assert wait_for(lambda: running.sample("seqserve_sessions_ended_total", reason="idle_timeout") >= 1)
     with Client(running.target, timeout=0.5) as hurried, pytest.raises(grpc.RpcError) as error:
         list(hurried.stream_sentiment(slow(1.0)))
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -226,7 +208,8 @@ def test_limits_refuse_with_resource_exhausted() -> None:
             next(first)
             with pytest.raises(grpc.RpcError) as error:
                 list(client.stream_sentiment(["two"]))
-            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "slots" in error.value.details()
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "model 'sentiment'" in error.value.details() and "max_streams" in error.value.details()
             list(first)
             with pytest.raises(grpc.RpcError) as error:
                 client.classify(TEXTS[:3])
@@ -462,3 +445,43 @@ def test_cuda_provider_options() -> None:
     assert providers(both) == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
     assert providers(both, cuda_tf32=True)[0] == ("CUDAExecutionProvider", {"use_tf32": "1"})
     assert providers("CPUExecutionProvider") == ["CPUExecutionProvider"]
+
+
+def test_not_found_lists_no_model(client: Client) -> None:
+    """Which models exist is ListModels' answer (behind the token, when there is one), never an error message's."""
+    for call in (lambda: client.classify(["ok"], model="nope"), lambda: client.get_model("nope"),
+                 lambda: client.classify(["ok"], version=999)):
+        with pytest.raises(grpc.RpcError) as error:
+            call()
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert not {"forecast", "translation", "[1]"} & set(re.findall(r"\w+|\[1\]", error.value.details()))
+
+
+@pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
+def test_a_translation_without_tokens_still_sends_its_source(client: Client) -> None:
+    updates = list(client.translate("The file could not be opened.", max_length=1))
+    assert len(updates) == 1 and not updates[0].tokens and updates[0].source_tokens[-1] == "</s>"
+    assert list(updates[0].source_tokens) == list(next(iter(client.translate("The file could not be opened."))
+                                                      ).source_tokens)
+
+
+@pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
+def test_forecast_reads_zeros_and_an_observe_stream_keeps_only_what_it_reads(running: Running, client: Client) -> None:
+    zeros = [0.0] * 12 + [100 + 10 * math.sin(i / 2) for i in range(36)]
+    assert all(math.isfinite(s.point) and s.point >= 0 for s in client.forecast(zeros, 3))
+    task = running.server.models["forecast"][1].task
+    history = [100 + 10 * math.sin(i / 2) for i in range(48)]
+    later = [100 + 10 * math.sin(i / 2) for i in range(48, 48 + 90)]
+
+    async def final_forecast(messages: list[list[float]]) -> tuple[list[float], int]:
+        with task.series(history, 1) as series:
+            await series.observe([])
+            for values in messages:
+                await series.observe(values)
+            steps = [s.point async for s in series.forecast(3, [task.pre.median])]
+            return steps, len(series.values)
+
+    whole, kept = running.call(final_forecast([later]))
+    pieces, kept_in_pieces = running.call(final_forecast([later[i : i + 7] for i in range(0, 90, 7)]))
+    assert kept == kept_in_pieces == max(task.pre.lags)  # not the 138 values observed
+    np.testing.assert_allclose(pieces, whole, rtol=1e-6)

@@ -7,7 +7,7 @@ from protos.seqserve.v1 import forecast_pb2_grpc
 from server.config import Config
 from server.metrics import Metrics
 from server.repository import Repository
-from server.rpc import Call, read, resolve, rpc
+from server.rpc import Call, resolve, rpc
 from server.tasks.forecast import ForecastStep
 
 
@@ -29,12 +29,11 @@ class ForecastService(forecast_pb2_grpc.ForecastServicer):
             call.stream_opened()
             await series.observe([])
             async for step in series.forecast(request.horizon, levels):
-                await context.write(step_message(step))
-                call.emitted()
+                await call.write(step_message(step))
 
     @rpc("Observe")
     async def Observe(self, requests, context, call: Call) -> None:
-        first = await read(context, call, self.config.idle_timeout_s)
+        first = await call.read()
         if first is None:
             return
         task = call.use(resolve(self.repository, first.model, "forecast")).task
@@ -46,9 +45,8 @@ class ForecastService(forecast_pb2_grpc.ForecastServicer):
             while message is not None:
                 await series.observe(new)
                 steps = [step_message(s) async for s in series.forecast(message.horizon or 1, levels)]
-                await context.write(pb.ForecastUpdate(observed=series.observed, steps=steps))
-                call.emitted(len(steps))
-                message = await read(context, call, self.config.idle_timeout_s)
+                await call.write(pb.ForecastUpdate(observed=series.observed, steps=steps), len(steps))
+                message = await call.read()
                 if message is not None:
                     task.check_more(list(message.values), message.horizon)
                     new = list(message.values)

@@ -26,7 +26,7 @@ def model_info(served: Served) -> models_pb2.ModelInfo:
 
 class ModelsService(models_pb2_grpc.ModelsServicer):
     def __init__(self, repository: Repository, config: Config, metrics: Metrics) -> None:
-        self.repository, self.metrics = repository, metrics
+        self.repository, self.config, self.metrics = repository, config, metrics
 
     @rpc("ListModels")
     async def ListModels(self, request, context, call: Call) -> models_pb2.ListModelsResponse:
@@ -36,6 +36,4 @@ class ModelsService(models_pb2_grpc.ModelsServicer):
 
     @rpc("GetModel")
     async def GetModel(self, request, context, call: Call) -> models_pb2.ModelInfo:
-        served = lookup(self.repository, request.name, request.version, field="")
-        call.model = request.name
-        return model_info(served)
+        return model_info(call.use(lookup(self.repository, request.name, request.version, field="")))

@@ -18,7 +18,7 @@ from contract import forecast as rules
 from contract.manifest import ForecastPreprocessing
 from server.config import Config
 from server.engine import ModelRunner
-from server.errors import InputError, check_count, check_finite
+from server.errors import InputError, check_count
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,21 @@ class ForecastTask:
     def check(self, values: list[float], field: str, horizon: int, start_month: int) -> None:
         """A first message: its history, horizon and start month."""
         check_count(f"{field} (its length)", len(values), self.pre.min_history, self.config.max_history)
-        check_finite(field, values)
+        self._check_values(field, values)
         check_count("horizon", horizon, 1, self.config.max_horizon)
         check_count("start_month", start_month or 1, 1, 12)
 
     def check_more(self, values: list[float], horizon: int) -> None:
         """A later message of an ``Observe`` stream: more values and a horizon."""
         check_count("values (their length)", len(values), 0, self.config.max_history)
-        check_finite("values", values)
+        self._check_values("values", values)
         check_count("horizon", horizon or 1, 1, self.config.max_horizon)
+
+    def _check_values(self, field: str, values: list[float]) -> None:
+        """Values the model can read (``contract.forecast.unreadable``)."""
+        for index, value in enumerate(values):
+            if problem := rules.unreadable(value, self.pre.scaling.transform):
+                raise InputError(f"{field}[{index}] is {value}: {problem}")
 
     def levels(self, requested: list[float], field: str) -> list[int]:
         """Indices of the requested quantile levels (all when none); ``InputError`` names an unknown one."""
@@ -68,7 +74,9 @@ class ForecastTask:
 
 
 class Series:
-    """One stream; see the module docstring."""
+    """One stream; see the module docstring. Positions count from the start of the window (the month of position 0
+    is ``month0``); ``values`` keeps only the model-unit values that later steps read (the last ``max(lags)``), from
+    position ``first`` on, so a long ``Observe`` stream holds no more than a short one."""
 
     def __init__(self, task: ForecastTask, slots: np.ndarray, history: list[float], month0: int) -> None:
         self.task, self.pre, self.slots = task, task.pre, slots
@@ -76,8 +84,9 @@ class Series:
         usable = min(scaling.context, len(history) - self.pre.prefix)
         window = history[-(self.pre.prefix + usable):]
         self.scale = rules.fit_scale(window, usable, scaling.eps)
-        self.month0 = month0 + len(history) - len(window)  # month (0 = January) of values[0]
+        self.month0 = month0 + len(history) - len(window)  # month (0 = January) of position 0
         self.values = self._encode(window)
+        self.first = 0  # the position of values[0]
         self.next_target = self.pre.prefix + 1
         self.observed = len(history)
 
@@ -85,7 +94,9 @@ class Series:
         return rules.encode(values, self.scale, self.pre.scaling.transform, self.pre.scaling.floor).tolist()
 
     async def _step(self, target: int, values: list[float]) -> np.ndarray:
-        recent = np.asarray(values[target - max(self.pre.lags) : target])[None]
+        """The quantiles at position ``target``, reading ``values`` (from position ``first`` on)."""
+        end = target - self.first
+        recent = np.asarray(values[end - max(self.pre.lags) : end])[None]
         inputs = rules.step_inputs(recent, np.array([self.month0 + target]), self.pre.season, self.pre.lags)
         return (await self.task.runner.run("step", inputs, self.slots))["quantiles"][0]
 
@@ -93,17 +104,23 @@ class Series:
         """Append observations (scaled with the stream's fixed scale) and read them teacher-forced."""
         self.values.extend(self._encode(values))
         self.observed += len(values)
-        for target in range(self.next_target, len(self.values)):
+        end = self.first + len(self.values)
+        for target in range(self.next_target, end):
             await self._step(target, self.values)
-        self.next_target = max(self.next_target, len(self.values))
+        self.next_target = max(self.next_target, end)
+        unread = len(self.values) - max(self.pre.lags)  # no later step reads these
+        if unread > 0:
+            del self.values[:unread]
+            self.first += unread
 
     async def forecast(self, horizon: int, levels: list[int]) -> AsyncIterator[ForecastStep]:
         """``horizon`` steps past the last observation; the stream's state is left as it was."""
         pool = self.task.runner.pools["step"]
         saved = pool.snapshot(self.slots)
         values = list(self.values)
+        start = self.first + len(values)
         try:
-            for ahead, target in enumerate(range(len(values), len(values) + horizon), start=1):
+            for ahead, target in enumerate(range(start, start + horizon), start=1):
                 quantiles = (await self._step(target, values)).astype(np.float64)
                 values.append(float(quantiles[self.pre.median]))
                 decoded = rules.decode(quantiles, self.scale, self.pre.scaling.transform)

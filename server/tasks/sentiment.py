@@ -11,8 +11,8 @@ import numpy as np
 from contract.manifest import SentimentPreprocessing
 from contract.words import IncrementalWords, WordTokenizer
 from server.config import Config
-from server.engine import ModelRunner
-from server.errors import InputError
+from server.engine import ModelRunner, gather_all
+from server.errors import InputError, check_texts
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,13 @@ class SentimentTask:
         self.labels = list(pre.labels)
         self.tokenizer = WordTokenizer(runner.model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
 
-    async def classify(self, text: str) -> Classification:
-        """One text, as in training: its first ``max_tokens`` tokens through the ``sequence`` graph."""
+    async def classify(self, texts: list[str], field: str = "texts") -> list[Classification]:
+        """Each text (at most ``max_texts`` of ``max_text_chars``) as in training: its first ``max_tokens`` tokens
+        through the ``sequence`` graph."""
+        check_texts(field, texts, self.config.max_texts, self.config.max_text_chars)
+        return await gather_all(self._classify(text) for text in texts)
+
+    async def _classify(self, text: str) -> Classification:
         ids = self.tokenizer.ids(self.tokenizer.tokens(text))
         kept = ids[: self.pre.max_tokens]
         out = await self.runner.run("sequence", {"ids": np.array([kept], dtype=np.int64),
@@ -61,10 +66,14 @@ class Stream:
 
     def __init__(self, task: SentimentTask, slots: np.ndarray) -> None:
         self.task, self.slots = task, slots
-        self.words = IncrementalWords(task.tokenizer)
+        self.words = IncrementalWords(task.tokenizer, task.config.max_token_chars)
         self.position = 0
 
-    def feed(self, chunk: str) -> AsyncIterator[TokenUpdate]:
+    def feed(self, chunk: str, field: str = "text") -> AsyncIterator[TokenUpdate]:
+        """The updates of the tokens that ``chunk`` completes; ``field`` names it in errors."""
+        limit = self.task.config.max_text_chars
+        if len(chunk) > limit:
+            raise InputError(f"{field} has {len(chunk)} characters, the limit is {limit} per chunk")
         return self._emit(self.words.feed(chunk))
 
     def finish(self) -> AsyncIterator[TokenUpdate]:

@@ -10,7 +10,8 @@ the per-step scheduler. The rules (source cut, output length, the greedy pick, t
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,10 +20,10 @@ from contract.manifest import TranslationPreprocessing
 from contract.subword import Subwords
 from contract.translation import Beam, greedy_tokens
 from server.config import Config
-from server.engine import ModelRunner
-from server.errors import InputError, check_count
+from server.engine import ModelRunner, gather_all
+from server.errors import InputError, check_count, check_text, check_texts
 from server.generation import Generator
-from server.graph import Arrays
+from server.graph import Arrays, Lease
 
 STEP = "decoder_step"
 
@@ -36,11 +37,13 @@ class Token:
 
 @dataclass(frozen=True)
 class Decoding:
-    """How to decode one request: beam width (1 = greedy), the output cap and the length penalty."""
+    """How to decode one request: beam width (1 = greedy), the output cap, the length penalty and the most tokens
+    a streamed update may carry."""
 
     beam: int
     max_length: int
     length_penalty: float
+    per_update: int
 
 
 @dataclass(frozen=True)
@@ -59,31 +62,68 @@ class TranslationTask:
         self.generator = Generator(runner.graphs[STEP], sources, ["log_probs", "attention"], self.pick)
         self.workers = (self.generator,)
 
-    def decoding(self, beam: int, max_length: int, length_penalty: float, prefix: str = "") -> Decoding:
+    def decoding(self, beam: int, max_length: int, length_penalty: float, per_update: int, prefix: str = ""
+                 ) -> Decoding:
         """The request's decoding options; unset (0) means the model's own. ``prefix`` names the fields."""
         check_count(f"{prefix}beam", beam or 1, 1, self.config.max_beam)
         check_count(f"{prefix}max_length", max_length or 1, 1, self.config.max_decode_len)
+        check_count(f"{prefix}max_tokens_per_message", per_update or 1, 1, self.config.max_decode_len)
         penalty = length_penalty or self.pre.length_penalty
         if not math.isfinite(penalty) or penalty < 0:
             raise InputError(f"{prefix}length_penalty is {penalty}: it must be finite and not negative")
-        return Decoding(beam or 1, max_length or min(self.pre.max_length, self.config.max_decode_len), penalty)
+        return Decoding(beam or 1, max_length or min(self.pre.max_length, self.config.max_decode_len), penalty,
+                        per_update or 1)
+
+    @contextmanager
+    def stream(self, text: str, decoding: Decoding, field: str = "text") -> Iterator[Lease]:
+        """The stream slots of one translation (``text`` within ``max_text_chars``), as ``_admit``."""
+        check_text(field, text, self.config.max_text_chars)
+        with self._admit(1, decoding, field) as [lease]:
+            yield lease
+
+    @contextmanager
+    def batch(self, texts: list[str], decoding: Decoding, field: str = "texts") -> Iterator[list[Lease]]:
+        """The stream slots of several translations (``max_texts`` of ``max_text_chars``), all at once, as
+        ``_admit``."""
+        check_texts(field, texts, self.config.max_texts, self.config.max_text_chars)
+        with self._admit(len(texts), decoding, field) as leases:
+            yield leases
+
+    @contextmanager
+    def _admit(self, count: int, decoding: Decoding, field: str) -> Iterator[list[Lease]]:
+        """Stream slots for ``count`` translations (``decoding.beam`` rows each), taken all at once or not at all and
+        given back when the block ends: more than the model could ever hold is an ``InputError`` naming ``field``,
+        more than are free now ``Overloaded``. A greedy translation gives its slot back once decoded."""
+        slots = self.runner.graphs[STEP].slots
+        rows = count * decoding.beam
+        if rows > slots.capacity:
+            raise InputError(f"{field}: {count} × beam {decoding.beam} = {rows} stream slots, more than the "
+                             f"{slots.capacity} of {slots.owner} (max_streams)")
+        with slots.lease(rows) as lease:
+            yield lease.split(count)
 
     def source(self, text: str) -> list[int]:
         return self.pre.output_length.source(self.tokenizer.encode(text), self.pre.source_suffix)
 
-    def decode(self, text: str, decoding: Decoding, most: int = 1) -> tuple[list[int], AsyncIterator[list[Token]]]:
-        """The source ids and the output tokens (EOS not included), up to ``most`` per list."""
+    def decode(self, text: str, decoding: Decoding, lease: Lease, most: int
+               ) -> tuple[list[int], AsyncIterator[list[Token]]]:
+        """The source ids and the output tokens (EOS not included), up to ``most`` per list, decoded in the rows of
+        ``lease`` (from ``stream`` or ``batch``)."""
         ids = self.source(text)
         inputs = {"encoder": {"src_ids": np.array([ids], dtype=np.int64),
                               "src_lengths": np.array([len(ids)], dtype=np.int64)}}
         limit = self.pre.output_length.limit(len(ids), decoding.max_length)
         if decoding.beam == 1:
-            return ids, self._greedy(inputs, limit, most)
-        return ids, self._at_the_end(self._beam(inputs, limit, decoding.beam, decoding.length_penalty), most)
+            return ids, self._greedy(inputs, limit, most, lease)
+        return ids, self._at_the_end(self._beam(inputs, limit, decoding.beam, decoding.length_penalty, lease), most)
 
-    async def translate(self, text: str, decoding: Decoding) -> Translated:
-        """One whole translation."""
-        _, chunks = self.decode(text, decoding, self.config.max_decode_len)
+    async def translate(self, texts: list[str], decoding: Decoding, leases: list[Lease]) -> list[Translated]:
+        """Whole translations; on a failure every other one is cancelled and its slots freed."""
+        pairs = zip(texts, leases, strict=True)
+        return await gather_all(self._translate(text, decoding, lease) for text, lease in pairs)
+
+    async def _translate(self, text: str, decoding: Decoding, lease: Lease) -> Translated:
+        _, chunks = self.decode(text, decoding, lease, self.config.max_decode_len)
         tokens = [t async for chunk in chunks for t in chunk]
         ids = [t.token_id for t in tokens]
         return Translated(self.tokenizer.decode(ids), ids, sum(t.log_prob for t in tokens))
@@ -100,13 +140,15 @@ class TranslationTask:
                                                               done.tolist(), strict=True)]
         return {"prev_tokens": tokens.astype(np.int64)}, results, done
 
-    async def _greedy(self, inputs: dict[str, Arrays], limit: int, most: int) -> AsyncIterator[list[Token]]:
+    async def _greedy(self, inputs: dict[str, Arrays], limit: int, most: int, lease: Lease
+                      ) -> AsyncIterator[list[Token]]:
         start = {"prev_tokens": np.array([self.pre.bos_id], dtype=np.int64)}
-        with self.generator.open(inputs, start, limit) as sequence:
+        with self.generator.open(inputs, start, limit, lease) as sequence:
             async for tokens in sequence.chunks(most):
                 yield tokens
 
-    async def _beam(self, inputs: dict[str, Arrays], limit: int, width: int, penalty: float) -> list[Token]:
+    async def _beam(self, inputs: dict[str, Arrays], limit: int, width: int, penalty: float, lease: Lease
+                    ) -> list[Token]:
         """The best hypothesis of a beam search over ``width`` rows of state."""
         sources = {"encoder": await self.runner.run("encoder", inputs["encoder"])}
         context = {name: np.repeat(row, width, axis=0)
@@ -114,7 +156,7 @@ class TranslationTask:
         beam = Beam(width, self.pre.eos_id, penalty)
         prev = np.full(width, self.pre.bos_id, dtype=np.int64)
         hypotheses: list[list[Token]] = [[] for _ in range(width)]
-        with self.runner.open(STEP, width, sources) as slots:
+        with self.runner.state(STEP, lease, sources) as slots:
             for t in range(limit):
                 out = await self.runner.run(STEP, {"prev_tokens": prev, **context}, slots)
                 finished = beam.finished

@@ -12,7 +12,6 @@ tensors; tokenization, decoding and rollout stay in ``server/tasks/``. Kinds of 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 
 from protos.inference import kserve_pb2 as pb
 from server.config import Config
-from server.errors import InputError, check_chunk, check_count, check_text, check_texts
+from server.errors import InputError, check_count
 from server.graph import Arrays
 from server.repository import Served
 from server.services.kserve.tensors import (
@@ -111,9 +110,7 @@ class SentimentEndpoint(Endpoint):
         return super().parameters() | {"labels": ",".join(self.task.labels)}
 
     async def infer(self, inputs: Arrays, params: Params) -> Arrays:
-        values = texts(inputs, "TEXT")
-        check_texts("TEXT", values, self.config.max_texts, self.config.max_text_chars)
-        results = await asyncio.gather(*(self.task.classify(text) for text in values))
+        results = await self.task.classify(texts(inputs, "TEXT"), field="TEXT")
         return {"PROBABILITIES": np.array([r.probabilities for r in results], dtype=np.float32),
                 "LABEL": strings([r.label for r in results])}
 
@@ -121,9 +118,7 @@ class SentimentEndpoint(Endpoint):
         return self.task.stream()
 
     async def step(self, state: Stream, inputs: Arrays, params: Params, first: bool, end: bool) -> Arrays:
-        chunk = self.one_text(inputs, "TEXT")
-        check_chunk("TEXT", chunk, self.config.max_text_chars)
-        updates = [update async for update in state.feed(chunk)]
+        updates = [update async for update in state.feed(self.one_text(inputs, "TEXT"), field="TEXT")]
         if end:
             updates += [update async for update in state.finish()]
         probabilities = np.array([u.probabilities for u in updates], dtype=np.float32)
@@ -192,26 +187,26 @@ class TranslationEndpoint(Endpoint):
                         TensorSpec("PIECES", BYTES, (-1,)), TensorSpec("LOG_PROBS", "FP32", (-1,)))
 
     def _request(self, inputs: Arrays, params: Params) -> tuple[str, Decoding]:
-        text = self.one_text(inputs, "TEXT")
-        check_text("TEXT", text, self.config.max_text_chars)
         decoding = self.task.decoding(integer(params, "beam", 0), integer(params, "max_length", 0),
-                                      real(params, "length_penalty", 0.0), prefix="parameters.")
-        return text, decoding
+                                      real(params, "length_penalty", 0.0), integer(params, "max_tokens_per_message", 0),
+                                      prefix="parameters.")
+        return self.one_text(inputs, "TEXT"), decoding
 
     async def infer(self, inputs: Arrays, params: Params) -> Arrays:
-        translated = await self.task.translate(*self._request(inputs, params))
+        text, decoding = self._request(inputs, params)
+        with self.task.stream(text, decoding, field="TEXT") as lease:
+            [translated] = await self.task.translate([text], decoding, [lease])
         return {"TRANSLATION": strings([translated.text]), "TOKEN_IDS": np.array(translated.token_ids, dtype=np.int64)}
 
     async def stream(self, inputs: Arrays, params: Params) -> AsyncIterator[Arrays]:
         text, decoding = self._request(inputs, params)
-        most = integer(params, "max_tokens_per_message", 1)
-        check_count("parameters.max_tokens_per_message", most, 1, self.config.max_decode_len)
         piece = self.task.tokenizer.piece
-        _, chunks = self.task.decode(text, decoding, most)
-        async for tokens in chunks:
-            yield {"PIECES": strings([piece(t.token_id) for t in tokens]),
-                   "TOKEN_IDS": np.array([t.token_id for t in tokens], dtype=np.int64),
-                   "LOG_PROBS": np.array([t.log_prob for t in tokens], dtype=np.float32)}
+        with self.task.stream(text, decoding, field="TEXT") as lease:
+            _, chunks = self.task.decode(text, decoding, lease, decoding.per_update)
+            async for tokens in chunks:
+                    yield {"PIECES": strings([piece(t.token_id) for t in tokens]),
+                       "TOKEN_IDS": np.array([t.token_id for t in tokens], dtype=np.int64),
+                       "LOG_PROBS": np.array([t.log_prob for t in tokens], dtype=np.float32)}
 
 
 class StatefulEndpoint(Endpoint):

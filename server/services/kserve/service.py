@@ -27,7 +27,7 @@ from server.errors import InputError
 from server.graph import Arrays
 from server.metrics import Metrics
 from server.repository import Repository, Served
-from server.rpc import KSERVE, Call, RequestError, internal, lookup, rpc, status
+from server.rpc import KSERVE, Call, RequestError, lookup, rpc, status
 from server.services.kserve.endpoints import PLATFORM, Endpoint, endpoint
 from server.services.kserve.sequences import Sequences, Turn
 from server.services.kserve.statistics import Statistics, Timing
@@ -265,7 +265,7 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
 
         try:
             async for request in requests:
-                call = Call(self.metrics, "ModelStreamInfer", None, KSERVE)
+                call = Call(self.metrics, "ModelStreamInfer", None, self.config, KSERVE)
                 try:
                     job: Job | Exception = self._admit(request, call, owner=writer)
                 except Exception as error:  # answered in error_message, below
@@ -301,7 +301,7 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             call.finish(grpc.StatusCode.CANCELLED)
             raise
         except Exception as error:
-            code, message = status(error) or internal("ModelStreamInfer")
+            code, message = status(error, "ModelStreamInfer")
             call.finish(code)
             served = None if isinstance(job, Exception) else job.served
             await writer.write(pb.ModelStreamInferResponse(error_message=message,

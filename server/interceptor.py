@@ -1,0 +1,103 @@
+"""The gRPC server interceptor that every call passes: bearer tokens, undecodable requests, and the tracking
+that lets the server end a call itself (``rpc.Calls``: shutdown, maximum age).
+
+It wraps each method's handler (ours, health and reflection alike): its request deserializer returns
+``rpc.Undecodable`` instead of raising, and its behavior runs inside ``guard``. Health needs no token
+and has no maximum age; its ``Watch`` streams are the first calls ended at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from protos.inference import kserve_pb2
+from server.metrics import Metrics
+from server.rpc import KSERVE, SEQSERVE, Calls, RequestError, count_request, decoded, tolerant
+from server.security import Tokens
+
+log = logging.getLogger(__name__)
+
+HEALTH = f"/{health_pb2.DESCRIPTOR.services_by_name['Health'].full_name}/"
+KSERVE_SERVICE = kserve_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+UNAUTHENTICATED = "a bearer token is required: send the metadata 'authorization: Bearer <token>' with a valid token"
+
+
+class Interceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, calls: Calls, tokens: Tokens, metrics: Metrics) -> None:
+        self.calls, self.tokens, self.metrics = calls, tokens, metrics
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        health = details.method.startswith(HEALTH)
+        allowed = health or self.tokens.allow(details.invocation_metadata)
+        method = details.method.rsplit("/", 1)[-1]
+        protocol = KSERVE if details.method.startswith(f"/{KSERVE_SERVICE}/") else SEQSERVE
+        streaming = handler.request_streaming
+        kind = next(k for k in KINDS if getattr(handler, k) is not None)
+        behavior = getattr(handler, kind)
+
+        if inspect.isasyncgenfunction(behavior):  # reflection: responses yielded
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async with self.guard(method, protocol, health, allowed, streaming, request, context) as checked:
+                    async for response in behavior(checked, context):
+                        yield response
+        else:  # ours and health: a coroutine that returns the response or writes the stream
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                async with self.guard(method, protocol, health, allowed, streaming, request, context) as checked:
+                    return await behavior(checked, context)
+
+        deserializer = handler.request_deserializer
+        return handler._replace(**{kind: wrapped, "request_deserializer": deserializer and tolerant(deserializer)})
+
+    @asynccontextmanager
+    async def guard(self, method: str, protocol: str, health: bool, allowed: bool, streaming: bool, request: Any,
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        """Run one call: refuse it without a valid token or with an undecodable request (counted), track it while it
+        runs, and send the status of a call that the server ends itself. Yields the request (of a client stream: an
+        iterator that refuses undecodable messages)."""
+        try:
+            if not allowed:
+                log.warning("%s from %s: no valid bearer token", method, context.peer())
+                raise RequestError(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            checked = self.messages(request, method) if streaming else decoded(request, method)
+        except RequestError as error:
+            count_request(self.metrics, "", method, error.code, protocol)
+            await context.abort(error.code, error.message)
+        ending = None
+        with self.calls.track(health) as tracked:
+            try:
+                yield checked
+                return
+            except asyncio.CancelledError:
+                if tracked.ending is None:  # the client's cancellation or deadline
+                    raise
+                ending = tracked.ending
+            except RequestError as error:  # an undecodable message from a request iterator
+                count_request(self.metrics, "", method, error.code, protocol)
+                await context.abort(error.code, error.message)
+        # Untracked by now: a status behind a message that a client does not read (a stalled write) goes out only
+        # once it reads, and its call holds nothing meanwhile.
+        try:
+            await context.abort(ending.code, ending.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:  # gRPC could not send it: the client left first
+            log.info("%s: the client left before its status (%s) was sent", method, ending.reason)
+            raise asyncio.CancelledError from error
+
+    @staticmethod
+    async def messages(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+        async for message in requests:
+            yield decoded(message, method)
