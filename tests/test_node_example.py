@@ -33,8 +33,9 @@ def installed() -> None:
     """``npm ci`` when ``node_modules`` is missing or older than the lock file."""
     stamp = EXAMPLE / "node_modules" / ".package-lock.json"
     if not stamp.exists() or stamp.stat().st_mtime < (EXAMPLE / "package-lock.json").stat().st_mtime:
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=EXAMPLE, check=True, timeout=600,
-                       capture_output=True)
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=EXAMPLE, timeout=600, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
 
 
 @pytest.fixture(scope="module")
