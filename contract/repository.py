@@ -12,14 +12,16 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import onnxruntime as ort
 
-from contract.manifest import Manifest, ManifestError, parse_manifest
+from contract.manifest import PREPROCESSING, Manifest, ManifestError, parse_manifest
 
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(bool)": "bool"}
 
 SessionFactory = Callable[[Path], ort.InferenceSession]
+P = TypeVar("P")
 
 
 @dataclass
@@ -33,6 +35,14 @@ class Model:
     @property
     def task(self) -> str:
         return self.manifest.task
+
+    def preprocessing(self, kind: type[P]) -> P:
+        """The manifest's ``preprocessing``, which must be ``kind`` (a model of that task), else ``ValueError``."""
+        pre = self.manifest.preprocessing
+        if not isinstance(pre, kind):
+            wanted = next(task for task, known in PREPROCESSING.items() if known is kind)
+            raise ValueError(f"{self.name}/{self.version} is a {self.task} model, not a {wanted} model")
+        return pre
 
 
 def cpu_session(path: Path) -> ort.InferenceSession:

@@ -12,10 +12,7 @@ STEP = "step"
 
 
 def preprocessing(model: Model) -> ForecastPreprocessing:
-    pre = model.manifest.preprocessing
-    if not isinstance(pre, ForecastPreprocessing):
-        raise ValueError(f"{model.name}/{model.version} is a {model.task} model, not a forecast model")
-    return pre
+    return model.preprocessing(ForecastPreprocessing)
 
 
 def forecast_quantiles(model: Model, histories: list[np.ndarray], start_months: np.ndarray, horizon: int) -> np.ndarray:

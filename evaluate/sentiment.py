@@ -14,10 +14,7 @@ STEP, SEQUENCE = "step", "sequence"
 
 
 def preprocessing(model: Model) -> SentimentPreprocessing:
-    pre = model.manifest.preprocessing
-    if not isinstance(pre, SentimentPreprocessing):
-        raise ValueError(f"{model.name}/{model.version} is a {model.task} model, not a sentiment model")
-    return pre
+    return model.preprocessing(SentimentPreprocessing)
 
 
 def tokenizer(model: Model) -> WordTokenizer:

@@ -30,10 +30,7 @@ Arrays = dict[str, np.ndarray]
 
 
 def preprocessing(model: Model) -> TranslationPreprocessing:
-    pre = model.manifest.preprocessing
-    if not isinstance(pre, TranslationPreprocessing):
-        raise ValueError(f"{model.name}/{model.version} is a {model.task} model, not a translation model")
-    return pre
+    return model.preprocessing(TranslationPreprocessing)
 
 
 def tokenizer(model: Model) -> Subwords:

@@ -114,8 +114,9 @@ class Batch:
 
     def bind(self, graph: Graph) -> None:
         """State and context to the device; the state leaves ``host`` (the device holds the live copy)."""
-        for name in [*graph.state_outputs.values(), *graph.context]:
-            array = self.host.pop(name) if name not in graph.context else self.host[name]
+        arrays = {name: self.host.pop(name) for name in graph.state_outputs.values()}
+        arrays |= {name: self.host[name] for name in graph.context}
+        for name, array in arrays.items():
             self.bound[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), graph.device, 0)
 
 
