@@ -54,12 +54,17 @@ def load_repository(root: Path, session_factory: SessionFactory = cpu_session) -
     if not root.is_dir():
         raise ManifestError(f"{root}: the model repository does not exist")
     models: dict[str, dict[int, Model]] = {}
-    for manifest_path in sorted(root.glob("*/*/manifest.json")):
-        model = load_model(manifest_path.parent, session_factory)
+    for folder in version_folders(root):
+        model = load_model(folder, session_factory)
         models.setdefault(model.name, {})[model.version] = model
     if not models:
         raise ManifestError(f"{root}: no models found (expected <name>/<version>/manifest.json)")
     return models
+
+
+def version_folders(root: Path) -> list[Path]:
+    """The folders of ``root`` that hold a model version (``<name>/<version>/manifest.json``), sorted."""
+    return sorted(manifest_path.parent for manifest_path in root.glob("*/*/manifest.json"))
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -31,6 +31,7 @@ from server import repository
 from server.config import Config
 from server.interceptor import Interceptor
 from server.metrics import Metrics
+from server.reload import Reloader
 from server.rpc import SHUTDOWN, Calls
 from server.security import Tokens, server_credentials
 from server.services.forecast import ForecastService
@@ -62,11 +63,14 @@ class Server:
         self.tokens = Tokens.from_config(config)
         self.metrics = Metrics()
         self.models = repository.load(config, self.metrics)
+        self.reloader = Reloader(self.models, config, self.metrics)
         self.calls = Calls(config.max_stream_age_s)
         self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)])
+        extra = {ModelsService: {"reloader": self.reloader}}
         for servicer, register, _ in SERVICES:
-            register(servicer(self.models, config, self.metrics), self.grpc)
-        self.kserve = KServeService(self.models, config, self.metrics)
+            register(servicer(self.models, config, self.metrics, **extra.get(servicer, {})), self.grpc)
+        self.kserve = KServeService(self.models, config, self.metrics, self.reloader)
+        self.reloader.listeners.append(self.kserve)
         kserve_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self.kserve, self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -100,6 +104,7 @@ class Server:
             await asyncio.to_thread(served.warm_up)
         await self.set_health(SERVING)
         self.kserve.ready = True
+        self.reloader.start()
         log.info("serving %s on %s:%d (%s), metrics on %s:%s", sorted(self.models), self.config.host, self.port,
                  "TLS" if self.config.tls_cert else "plaintext", self.config.metrics_host, self.metrics_port)
 
@@ -122,5 +127,6 @@ class Server:
             self.calls.end(SHUTDOWN, health=False)
         await stopped
         self.kserve.close()
+        await self.reloader.stop()
         await asyncio.gather(*(served.stop() for served in self.served))
         self.metrics.close()

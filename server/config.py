@@ -68,6 +68,9 @@ class Config:
     max_horizon: int = 120  # forecast steps per request
     max_decode_len: int = 200  # translation output tokens
     max_beam: int = 8
+    # Hot reload: how often the model repository is scanned for new and removed versions (0: only the Models.Reload
+    # call scans it). A scan that finds nothing new costs a few stat calls.
+    reload_interval_s: float = 10.0
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json" (one object per line, for log collectors)
 
@@ -92,7 +95,7 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "max_stream_age_s": (0.001, None),
     "drain_s": (0, None), "grace_s": (0, None), "max_texts": (1, None), "max_text_chars": (1, None),
     "max_token_chars": (1, None), "max_stream_tokens": (1, None), "max_history": (1, None), "max_horizon": (1, None),
-    "max_decode_len": (1, None), "max_beam": (1, None),
+    "max_decode_len": (1, None), "max_beam": (1, None), "reload_interval_s": (0, 86400),
 }
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -139,6 +142,8 @@ HELP = {
     "max_horizon": "forecast steps per request",
     "max_decode_len": "translation output tokens at most",
     "max_beam": "the widest beam a translation request may ask for",
+    "reload_interval_s": "seconds between scans of the model repository for new and removed versions (hot reload; "
+                         "0: only the Models.Reload call scans it)",
     "log_level": "Python logging level: DEBUG, INFO, WARNING or ERROR, in any case",
     "log_format": "log lines as text, or json: one JSON object per line (time, level, logger, message)",
 }

@@ -179,8 +179,10 @@ class ModelRunner:
         self.graphs = {name: Graph(model, name, config, metrics) for name in model.manifest.graphs}
         self.pools = {name: StatePool(g) for name, g in self.graphs.items() if g.state}
         self.schedulers = {name: Scheduler(g, self.pools.get(name)) for name, g in self.graphs.items()}
-        metrics.model_info.labels(model=model.name, version=str(model.version), task=model.task or "generic",
-                                  provider=",".join(self.providers)).set(1)
+        self.metrics = metrics
+        self.info = {"model": model.name, "version": str(model.version), "task": model.task or "generic",
+                     "provider": ",".join(self.providers)}
+        metrics.model_info.labels(**self.info).set(1)
 
     @property
     def providers(self) -> list[str]:
@@ -197,6 +199,12 @@ class ModelRunner:
 
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.schedulers.values()))
+
+    def unregister(self) -> None:
+        """Remove this version from ``seqserve_model_info`` and its graphs' gauges (it is unloaded)."""
+        self.metrics.model_info.remove(*self.info.values())
+        for graph in self.graphs.values():
+            graph.unregister()
 
     def open(self, graph: str, rows: int = 1) -> AbstractContextManager[np.ndarray]:
         """State slots for one stream of ``graph`` (initial values that are constants), released when the block ends

@@ -147,6 +147,12 @@ class Graph:
             metrics.slots.labels(**held).set(self.slots.capacity)
             metrics.slots_in_use.labels(**held).set_function(lambda: self.slots.in_use)
 
+    def unregister(self) -> None:
+        """Remove this graph's gauges from ``/metrics`` (its model version is unloaded)."""
+        gauges = [self.metrics.queue_depth, *([self.metrics.slots, self.metrics.slots_in_use] if self.slots else [])]
+        for gauge in gauges:  # labels model, version, graph
+            gauge.remove(self.model.name, str(self.model.version), self.name)
+
     def gather(self, parts: list[Arrays]) -> Arrays:
         """One feed from per-request inputs (each ``[rows, ...]``), padded with the context's or the ids' pad."""
         return {name: stack([part[name] for part in parts], self.context.get(name, self.pad)) for name in parts[0]}

@@ -40,6 +40,9 @@ class Metrics:
         GCCollector(registry=r)
         self.model_info = Gauge("seqserve_model_info", "Loaded model versions (always 1): task and ONNX Runtime "
                                 "provider", ["model", "version", "task", "provider"], registry=r)
+        self.reloads = Counter("seqserve_reloads", "Hot reload of model versions, by outcome: loaded, refused "
+                               "(invalid: see the log), retired (removed from disk, no new calls), unloaded (its "
+                               "last call ended)", ["model", "outcome"], registry=r)
         self.requests = Counter("seqserve_requests", "Finished requests by gRPC status code",
                                 [*request, "code"], registry=r)
         self.request_duration = Histogram("seqserve_request_duration_seconds", "Request duration",

@@ -177,6 +177,7 @@ class Call:
                               f"{config.write_timeout_s:g} s (write_timeout_s): the stream was ended")
         self.timeouts = {self.idle: config.idle_timeout_s, self.stalled: config.write_timeout_s}
         self.model = self.task = ""
+        self.served: Served | None = None  # the version it holds a lease on (hot reload unloads it after the call)
         self.started = self.last = time.perf_counter()
         self.results = 0
         self.streams = 0
@@ -187,8 +188,18 @@ class Call:
         return {"model": self.model, "method": self.method, "protocol": self.protocol}
 
     def use(self, served: Served) -> Served:
+        """The call uses ``served``: it holds a lease on that version until it closes."""
         self.model, self.task = served.model.name, served.model.task
+        self.release()
+        served.hold()
+        self.served = served
         return served
+
+    def release(self) -> None:
+        """Give the version's lease back (once)."""
+        if self.served is not None:
+            self.served.release()
+            self.served = None
 
     def stream_opened(self, count: int = 1) -> None:
         """The call now holds state slots for ``count`` streams (a batch: one per text), counted as active until
@@ -199,6 +210,7 @@ class Call:
 
     def close(self) -> None:
         """The handler has ended: its streams hold nothing any more (a status may still wait for a slow reader)."""
+        self.release()
         if self.streams:
             self.metrics.active_streams.labels(**self.labels).dec(self.streams)
 

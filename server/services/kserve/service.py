@@ -26,6 +26,7 @@ from server.config import Config
 from server.errors import InputError
 from server.graph import Arrays
 from server.metrics import Metrics
+from server.reload import Reloader
 from server.repository import Repository, Served
 from server.rpc import KSERVE, Call, RequestError, lookup, rpc, status
 from server.services.kserve.endpoints import PLATFORM, Endpoint, endpoint
@@ -72,13 +73,21 @@ class Writer:
 
 
 class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repository: Repository, config: Config, metrics: Metrics) -> None:
-        self.repository, self.config, self.metrics = repository, config, metrics
+    def __init__(self, repository: Repository, config: Config, metrics: Metrics, reloader: Reloader) -> None:
+        self.repository, self.config, self.metrics, self.reloader = repository, config, metrics, reloader
         self.endpoints = {(name, version): endpoint(served, config)
                           for name, versions in repository.items() for version, served in versions.items()}
         self.sequences = Sequences(metrics, config.sequence_idle_timeout_s)
         self.statistics = Statistics()
         self.ready = False  # set by the server once every model is warmed up, cleared when it stops
+
+    def added(self, served: Served) -> None:
+        """Hot reload loaded ``served``: its endpoint, before the repository serves it."""
+        self.endpoints[(served.model.name, served.model.version)] = endpoint(served, self.config)
+
+    def removed(self, served: Served) -> None:
+        """Hot reload retired ``served``: its open sequences keep their endpoint; new requests cannot find it."""
+        del self.endpoints[(served.model.name, served.model.version)]
 
     def close(self) -> None:
         """The server stops: every open sequence ends and frees its state."""
@@ -157,10 +166,16 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     @kserve("RepositoryIndex")
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context, call: Call
                               ) -> pb.RepositoryIndexResponse:
-        state = "READY" if self.ready else "UNAVAILABLE"
+        """Each version served (READY), retired by hot reload while its last sequences end (UNLOADING), and refused
+        by hot reload (UNAVAILABLE, with the reason)."""
+        state, index = "READY" if self.ready else "UNAVAILABLE", pb.RepositoryIndexResponse.ModelIndex
         return pb.RepositoryIndexResponse(models=[
-            pb.RepositoryIndexResponse.ModelIndex(name=name, version=str(version), state=state)
-            for name in sorted(self.repository) for version in sorted(self.repository[name])])
+            *(index(name=name, version=str(version), state=state)
+              for name in sorted(self.repository) for version in sorted(self.repository[name])),
+            *(index(name=s.model.name, version=str(s.model.version), state="UNLOADING")
+              for s in self.reloader.retiring),
+            *(index(name=folder.parent.name, version=folder.name, state="UNAVAILABLE", reason=error)
+              for folder, (_, error) in sorted(self.reloader.refused.items()))])
 
     def _admit(self, request: pb.ModelInferRequest, call: Call, owner: object | None) -> Job:
         """Check a request and take its place in its sequence; no ``await`` (sequence requests keep their order)."""
@@ -273,6 +288,7 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                 answer = asyncio.create_task(self._answer(request, job, call, writer))
                 answers[answer] = job
                 answer.add_done_callback(answered)
+                answer.add_done_callback(lambda _, call=call: call.release())  # also when cancelled before it ran
             await asyncio.gather(*answers)
         finally:
             for answer in answers:
