@@ -53,6 +53,18 @@ def models(client: Client, args: argparse.Namespace) -> None:
         print(f"{info.name}/{info.version}  {info.task:<12} {info.description}")
 
 
+def reload(client: Client, args: argparse.Namespace) -> None:
+    """Prints what the scan did; exits 1 if a version is refused (a deploy script's check)."""
+    response = client.reload()
+    for kind, refs in (("loaded", response.loaded), ("retired", response.retired)):
+        for ref in refs:
+            print(f"{kind} {ref.name}/{ref.version}")
+    for refusal in response.refused:
+        print(f"refused {refusal.folder}: {refusal.error}")
+    if response.refused:
+        sys.exit(1)
+
+
 def health(client: Client, args: argparse.Namespace) -> None:
     """Prints the status; exits 1 unless SERVING (a container health check, a wait loop)."""
     status = client.health()
@@ -90,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="translation")
     p.set_defaults(run=translate)
     commands.add_parser("models", help="the loaded models").set_defaults(run=models)
+    commands.add_parser("reload", help="hot reload: load new versions, retire removed ones; exit status 1 if one "
+                        "is refused").set_defaults(run=reload)
     commands.add_parser("health", help="the server's health status; exit status 1 unless SERVING").set_defaults(
         run=health)
     args = parser.parse_args(argv)

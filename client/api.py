@@ -82,6 +82,10 @@ class Client:
     def get_model(self, name: str, version: int = 0) -> models_pb2.ModelInfo:
         return self.models.GetModel(common_pb2.ModelRef(name=name, version=version), timeout=self.timeout)
 
+    def reload(self) -> models_pb2.ReloadResponse:
+        """Hot reload now: versions loaded and retired by this scan, and every refused one (docs/server.md)."""
+        return self.models.Reload(models_pb2.ReloadRequest(), timeout=self.timeout)
+
     def classify(self, texts: list[str], model: str = "sentiment", version: int = 0
                  ) -> sentiment_pb2.ClassifyResponse:
         request = sentiment_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=model, version=version), texts=texts)

@@ -23,8 +23,9 @@ import pytest
 from servers import MODELS, Process, wait_for
 
 from client import Client
+from client.__main__ import main as cli
 from protos.inference import kserve_pb2, kserve_pb2_grpc
-from protos.seqserve.v1 import common_pb2, models_pb2, sentiment_pb2
+from protos.seqserve.v1 import common_pb2, sentiment_pb2
 
 pytestmark = pytest.mark.skipif(not (MODELS / "sentiment" / "1").is_dir(), reason=f"no sentiment model in {MODELS}")
 POLL_S = "0.2"
@@ -188,7 +189,7 @@ def test_corrupt_versions_are_refused_naming_file_and_field_and_serving_goes_on(
     assert any("4/manifest.json" in line and "format" in line for line in refusals), refusals
     with Client(server.target, timeout=30) as client:
         assert served_version(client) == 2 and loaded(server) == {"2"}
-        response = client.models.Reload(models_pb2.ReloadRequest())  # refusals stand, not retried unchanged
+        response = client.reload()  # refusals stand, not retried unchanged
         assert not response.loaded and not response.retired
         assert sorted(Path(r.folder).name for r in response.refused) == ["3", "4"]
         kserve = kserve_pb2_grpc.GRPCInferenceServiceStub(client.channel)
@@ -204,7 +205,8 @@ def test_corrupt_versions_are_refused_naming_file_and_field_and_serving_goes_on(
         assert served_version(client) == 3
 
 
-def test_reload_call_loads_with_polling_off_and_needs_the_token(tmp_path: Path) -> None:
+def test_reload_call_loads_with_polling_off_and_needs_the_token(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     repository = tmp_path / "models"
     shutil.copytree(MODELS / "sentiment" / "1", repository / "sentiment" / "1")
     server = Process("--models", str(repository), "--reload-interval-s", "0", "--auth-token", "admin-secret")
@@ -212,12 +214,18 @@ def test_reload_call_loads_with_polling_off_and_needs_the_token(tmp_path: Path) 
         add_version(repository, 2)
         with Client(server.target, timeout=30) as anonymous:
             with pytest.raises(grpc.RpcError) as refused:
-                anonymous.models.Reload(models_pb2.ReloadRequest())
+                anonymous.reload()
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with Client(server.target, timeout=60, token="admin-secret") as admin:
             assert served_version(admin) == 1  # no polling: nothing changed by itself
-            response = admin.models.Reload(models_pb2.ReloadRequest())
+            response = admin.reload()
             assert [(ref.name, ref.version) for ref in response.loaded] == [("sentiment", 2)]
+            assert served_version(admin) == 2
+            add_version(repository, 3, corrupt_vocabulary)
+            with pytest.raises(SystemExit) as exited:  # the CLI, as a deploy script runs it
+                cli(["--server", server.target, "--token", "admin-secret", "reload"])
+            assert exited.value.code == 1
+            assert "refused " + str(repository / "sentiment" / "3") + ": " in capsys.readouterr().out
             assert served_version(admin) == 2
     finally:
         server.stop()
