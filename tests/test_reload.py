@@ -15,6 +15,7 @@ import itertools
 import json
 import queue
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,8 +123,16 @@ def test_a_new_version_under_open_streams_drops_none_and_serves_new_calls(server
         got = [stream.first(words[0]) for stream, words in zip(streams, texts, strict=True)]
         assert slots(server, 1) == STREAMS
 
+        versions: list[int] = []  # of back-to-back Classify calls during the reload: none fails
+        stop = threading.Event()
+        classify = threading.Thread(target=lambda: [versions.append(served_version(client))
+                                                    for _ in iter(stop.is_set, True)])
+        classify.start()
         add_version(repository, 2)
-        assert wait_for(lambda: served_version(client) == 2, 20), "version 2 was not loaded"
+        assert wait_for(lambda: versions[-1:] == [2], 20), "version 2 was not loaded"
+        stop.set()
+        classify.join(30)
+        assert versions == sorted(versions) and versions[0] == 1  # switched once, never back
         assert client.get_model("sentiment").description == "version 2 of the test"
         assert loaded(server) == {"1", "2"}
         assert server.sample("seqserve_reloads_total", model="sentiment", outcome="loaded") == 1
