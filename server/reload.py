@@ -53,10 +53,10 @@ class Outcome:
 
 
 def fingerprint(folder: Path) -> Fingerprint:
-    """Name, size and modification time of each file of ``folder``: what tells that a refused version changed."""
+    """Name, size and modification time of each file in ``folder``: what tells that a refused version changed."""
     try:
-        return tuple(sorted((path.name, stat.st_size, stat.st_mtime_ns)
-                            for path in folder.iterdir() if path.is_file() for stat in [path.stat()]))
+        return tuple(sorted((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns)
+                            for path in folder.rglob("*") if path.is_file() for stat in [path.stat()]))
     except OSError:  # removed meanwhile
         return ()
 
