@@ -21,7 +21,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+import tritonclient.grpc as triton
 from servers import MODELS, Process, wait_for
+from test_kserve import text_input
 
 from client import Client
 from client.__main__ import main as cli
@@ -103,6 +105,14 @@ def served_version(client: Client) -> int:
     return client.classify(["fine"]).version
 
 
+def sequence_step(triton_client: triton.InferenceServerClient, sequence_id: str, chunk: str, version: str = "",
+                  **flags: bool) -> str:
+    """One request of a KServe sentiment sequence; the version that answered it."""
+    result = triton_client.infer("sentiment", [text_input(chunk)], model_version=version, sequence_id=sequence_id,
+                                 **flags)
+    return result.get_response().model_version
+
+
 def slots(server: Process, version: int) -> float:
     return server.sample("seqserve_stream_slots_in_use", model="sentiment", version=str(version))
 
@@ -121,7 +131,9 @@ def test_a_new_version_under_open_streams_drops_none_and_serves_new_calls(server
         assert served_version(client) == 1 and loaded(server) == {"1"}
         streams = [Stream(client) for _ in texts]
         got = [stream.first(words[0]) for stream, words in zip(streams, texts, strict=True)]
-        assert slots(server, 1) == STREAMS
+        triton_client = triton.InferenceServerClient(server.target)
+        assert sequence_step(triton_client, "before", "a moving", sequence_start=True) == "1"
+        assert slots(server, 1) == STREAMS + 1
 
         versions: list[int] = []  # of back-to-back Classify calls during the reload: none fails
         stop = threading.Event()
@@ -139,7 +151,11 @@ def test_a_new_version_under_open_streams_drops_none_and_serves_new_calls(server
 
         newcomer = Stream(client)  # a new stream that names no version gets version 2
         newcomer.first(texts[0][0])
-        assert slots(server, 2) == 1 and slots(server, 1) == STREAMS
+        assert slots(server, 2) == 1 and slots(server, 1) == STREAMS + 1
+        assert sequence_step(triton_client, "after", "a moving", sequence_start=True) == "2"
+        # a sequence stays on the version it started on
+        assert sequence_step(triton_client, "before", " film", sequence_end=True) == "1"
+        assert sequence_step(triton_client, "after", " film", sequence_end=True) == "2"
         for stream, words, out in zip(streams, texts, got, strict=True):
             stream.send(*words[1:])
             out += stream.close()
@@ -157,6 +173,8 @@ def test_a_version_removed_under_a_stream_serves_it_to_the_end_then_unloads(serv
         expected = run(client, words, version=1)
         stream = Stream(client, version=1)
         got = stream.first(words[0])
+        triton_client = triton.InferenceServerClient(server.target)
+        assert sequence_step(triton_client, "pinned", "a moving", version="1", sequence_start=True) == "1"
         shutil.rmtree(repository / "sentiment" / "1")
         assert server.wait_for_sample("seqserve_reloads_total", 1, model="sentiment", outcome="retired")
         with pytest.raises(grpc.RpcError) as refused:
@@ -165,7 +183,8 @@ def test_a_version_removed_under_a_stream_serves_it_to_the_end_then_unloads(serv
         kserve = kserve_pb2_grpc.GRPCInferenceServiceStub(client.channel)
         index = {(m.version, m.state) for m in kserve.RepositoryIndex(kserve_pb2.RepositoryIndexRequest()).models}
         assert index == {("2", "READY"), ("1", "UNLOADING")}
-        assert loaded(server) == {"1", "2"}  # still loaded: the stream uses it
+        assert loaded(server) == {"1", "2"}  # still loaded: the stream and the sequence use it
+        assert sequence_step(triton_client, "pinned", " film", sequence_end=True) == "1"
 
         stream.send(*words[1:])
         got += stream.close()

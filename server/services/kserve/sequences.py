@@ -41,6 +41,7 @@ class Sequence:
     key: Key
     owner: object | None  # the stream that started it (None: ModelInfer)
     labels: dict[str, str]  # model, method (the one that started it), protocol
+    target: Any = None  # what serves it (the model version and its endpoint): hot reload leaves it there
     stack: ExitStack | None = field(default_factory=ExitStack)  # the adapter's stream (state slots); None: closed
     state: Any = None
     opened: bool = False  # the START request opened the adapter's stream
@@ -67,7 +68,15 @@ class Sequences:
         self.metrics, self.idle_timeout = metrics, idle_timeout
         self.open: dict[Key, Sequence] = {}
 
-    def admit(self, key: Key, start: bool, end: bool, owner: object | None, labels: dict[str, str]) -> Turn:
+    def target(self, name: str, version: str, sequence_id: int | str) -> Any:
+        """The ``target`` of the open sequence ``sequence_id`` of model ``name`` at ``version`` (empty: any
+        version, the newest if several have one), or ``None``: a sequence stays on the version it started on."""
+        found = [(key[1], sequence.target) for key, sequence in self.open.items()
+                 if key[0] == name and key[2] == sequence_id and (not version or str(key[1]) == version)]
+        return max(found, key=lambda pair: pair[0])[1] if found else None
+
+    def admit(self, key: Key, start: bool, end: bool, owner: object | None, labels: dict[str, str],
+              target: Any = None) -> Turn:
         """Take a request in arrival order (no ``await`` between arrival and this call)."""
         sequence = self.open.get(key)
         if start and sequence is not None:
@@ -77,7 +86,7 @@ class Sequences:
             raise InputError(f"inference request for {describe(key)} must specify the START flag on the first "
                              "request of the sequence")
         if start:
-            sequence = self.open[key] = Sequence(key, owner, labels)
+            sequence = self.open[key] = Sequence(key, owner, labels, target)
         if end:
             del self.open[key]  # the id may START again at once; this sequence closes after its last request
         if sequence.timer is not None:

@@ -180,9 +180,16 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
     def _admit(self, request: pb.ModelInferRequest, call: Call, owner: object | None) -> Job:
         """Check a request and take its place in its sequence; no ``await`` (sequence requests keep their order)."""
         timing = Timing()
-        served, found = self._find(request.model_name, request.model_version, "model_")
+        params = parameters(request.parameters)
+        sequence_id = params.get("sequence_id", 0)
+        if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str):
+            raise InputError(f"parameters['sequence_id'] is {sequence_id!r}: a sequence id is an integer or a string")
+        start, end = flag(params, "sequence_start"), flag(params, "sequence_end")
+        ongoing = None if start or sequence_id in (0, "") else self.sequences.target(
+            request.model_name, request.model_version, sequence_id)  # on its version, even one hot reload retired
+        served, found = ongoing or self._find(request.model_name, request.model_version, "model_")
         call.use(served)
-        inputs, params = decode_inputs(request), parameters(request.parameters)
+        inputs = decode_inputs(request)
         timing.decoded = time.perf_counter_ns()
         declared = [spec.name for spec in found.inputs]
         for index, tensor in enumerate(request.inputs):
@@ -194,17 +201,13 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             if output.name not in known:
                 raise InputError(f"outputs[{index}]: {output.name!r} is not an output of model {found.name!r} "
                                  f"(its outputs: {known})")
-        sequence_id = params.get("sequence_id", 0)
-        if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str):
-            raise InputError(f"parameters['sequence_id'] is {sequence_id!r}: a sequence id is an integer or a string")
-        start, end = flag(params, "sequence_start"), flag(params, "sequence_end")
         turn = None
         if sequence_id not in (0, ""):
             if not found.sequences:
                 raise InputError(f"model {found.name!r} does not take sequences (parameters['sequence_id']): send "
                                  "its requests without one")
             turn = self.sequences.admit((found.name, served.model.version, sequence_id), start, end, owner,
-                                        call.labels)
+                                        call.labels, (served, found))
         elif start or end:
             raise InputError("parameters['sequence_start'] and ['sequence_end'] need a parameters['sequence_id']")
         return Job(request, served, found, inputs, params, [output.name for output in request.outputs], turn, timing)
