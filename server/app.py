@@ -111,15 +111,15 @@ class Server:
             await asyncio.to_thread(served.warm_up)
         await self.set_health(SERVING)
         self.kserve.ready = True
-        plaintext = "TLS" if self.config.tls_cert else "plaintext"
+        transport = "TLS" if self.config.tls_cert else "plaintext"
         if worker:
             await self.grpc.start()
             self.refreshing = asyncio.create_task(self.refresh_metrics())
             log.info("serving %s on %s:%d (%s) with the other workers", sorted(self.models), self.config.host,
-                     self.port, plaintext)
+                     self.port, transport)
         else:
             log.info("serving %s on %s:%d (%s), metrics on %s:%s", sorted(self.models), self.config.host, self.port,
-                     plaintext, self.config.metrics_host, self.metrics_port)
+                     transport, self.config.metrics_host, self.metrics_port)
 
     async def refresh_metrics(self) -> None:
         """A worker's gauges that are read when scraped, written for the supervisor's /metrics every REFRESH_S."""

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import MODELS, Process, wait_for
 from test_soak import REVIEWS, SOURCES, same, sentiment, translate
 
-from protos.seqserve.v1 import common_pb2, translate_pb2, translate_pb2_grpc
+from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
 from server.config import Config
 from server.workers import threads
 
@@ -82,6 +82,20 @@ async def run_streams(target: str) -> tuple[int, int]:
     return len(solo) + STREAMS, matched.count(False)
 
 
+async def held_session(server: Process) -> tuple[bool, float]:
+    """One idle StreamSentiment session: whether the page shows its slot (a gauge read when scraped, which each
+    worker writes every second) and the active streams meanwhile; then it ends."""
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        call = sentiment_pb2_grpc.SentimentStub(channel).StreamSentiment()
+        await call.write(sentiment_pb2.SentimentChunk(model=common_pb2.ModelRef(name="sentiment"), text="idle"))
+        held = await asyncio.to_thread(server.wait_for_sample, "seqserve_stream_slots_in_use", 1, model="sentiment")
+        active = await asyncio.to_thread(server.sample, "seqserve_active_streams", model="sentiment")
+        await call.done_writing()
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    return held, active
+
+
 def test_each_worker_gets_a_share_of_the_threads() -> None:
     assert threads(Config(workers=2, intra_op_threads=2)) == 1
     assert threads(Config(workers=3, intra_op_threads=8)) == 2
@@ -98,6 +112,8 @@ def test_streams_across_two_workers_equal_solo_runs_and_metrics_add_up() -> None
         # Each worker's model_info is 1 and the page shows one; each holds max_streams slots and the page adds them.
         assert server.sample("seqserve_model_info", model="sentiment") == 1
         assert server.sample("seqserve_stream_slots", model="sentiment") == 2 * 64
+        assert asyncio.run(held_session(server)) == (True, 1)
+        assert wait_for(server.idle), "the held session's slot was not given back"
         before = server.sample("seqserve_requests_total", code="OK")
         ticks = [cpu_ticks(pid) for pid in pids]
         calls, mismatches = asyncio.run(run_streams(server.target))
