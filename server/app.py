@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,10 +31,10 @@ from protos.seqserve.v1 import (
     translate_pb2,
     translate_pb2_grpc,
 )
-from server import repository
+from server import logs, repository
 from server.config import Config
 from server.interceptor import Interceptor
-from server.metrics import Metrics
+from server.metrics import REFRESH_S, Metrics
 from server.reload import Reloader
 from server.rpc import SHUTDOWN, Calls
 from server.security import Tokens, server_credentials
@@ -41,6 +45,7 @@ from server.services.sentiment import SentimentService
 from server.services.translation import TranslationService
 
 log = logging.getLogger(__name__)
+lifecycle = logging.getLogger("server")  # what python -m server logs of its own start and stop
 
 SERVICES = [  # (servicer class, generated registration function, full service name)
     (SentimentService, sentiment_pb2_grpc.add_SentimentServicer_to_server,
@@ -65,7 +70,9 @@ class Server:
         self.models = repository.load(config, self.metrics)
         self.reloader = Reloader(self.models, config, self.metrics)
         self.calls = Calls(config.max_stream_age_s)
-        self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)])
+        # A worker (workers > 1) shares the port with the others: SO_REUSEPORT, which spreads connections among them.
+        options = [("grpc.so_reuseport", 1)] if config.workers > 1 else None
+        self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)], options=options)
         extra = {ModelsService: {"reloader": self.reloader}}
         for servicer, register, _ in SERVICES:
             register(servicer(self.models, config, self.metrics, **extra.get(servicer, {})), self.grpc)
@@ -83,6 +90,7 @@ class Server:
         if self.tokens.required and not credentials:
             log.warning("bearer tokens without TLS: anyone on the network path can read them")
         self.metrics_port: int | None = None
+        self.refreshing: asyncio.Task | None = None
 
     @property
     def served(self) -> list[repository.Served]:
@@ -94,19 +102,35 @@ class Server:
             await self.health.set(name, status)
 
     async def start(self) -> None:
-        """Listen at once (health says NOT_SERVING), warm every model up, then report SERVING."""
+        """Listen at once (health says NOT_SERVING), warm every model up, then report SERVING. A worker (workers > 1)
+        listens only once warmed up: a connection the port hands it must not wait for that."""
+        worker = self.config.workers > 1
         await self.set_health(NOT_SERVING)
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port, self.config)
-        await self.grpc.start()
+        if not worker:
+            await self.grpc.start()
         for served in self.served:
             served.start()
             await asyncio.to_thread(served.warm_up)
         await self.set_health(SERVING)
         self.kserve.ready = True
         self.reloader.start()
-        log.info("serving %s on %s:%d (%s), metrics on %s:%s", sorted(self.models), self.config.host, self.port,
-                 "TLS" if self.config.tls_cert else "plaintext", self.config.metrics_host, self.metrics_port)
+        transport = "TLS" if self.config.tls_cert else "plaintext"
+        if worker:
+            await self.grpc.start()
+            self.refreshing = asyncio.create_task(self.refresh_metrics())
+            log.info("serving %s on %s:%d (%s) with the other workers", sorted(self.models), self.config.host,
+                     self.port, transport)
+        else:
+            log.info("serving %s on %s:%d (%s), metrics on %s:%s", sorted(self.models), self.config.host, self.port,
+                     transport, self.config.metrics_host, self.metrics_port)
+
+    async def refresh_metrics(self) -> None:
+        """A worker's gauges that are read when scraped, written for the supervisor's /metrics every REFRESH_S."""
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(REFRESH_S)
 
     async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
         """The shutdown sequence (docs/server.md, Lifecycle): health turns NOT_SERVING and the server keeps serving
@@ -129,4 +153,29 @@ class Server:
         self.kserve.close()
         await self.reloader.stop()
         await asyncio.gather(*(served.stop() for served in self.served))
+        if self.refreshing is not None:
+            self.refreshing.cancel()
+            self.metrics.refresh()  # the slots and queues are empty now: the supervisor's page says so
         self.metrics.close()
+
+
+async def serve(config: Config, ready: Callable[[list[str]], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop gracefully; ``ready`` gets the model names once SERVING."""
+    started = time.perf_counter()
+    try:
+        server = Server(config)
+    except (ValueError, OSError) as error:  # a wrong repository or certificate: one line, no traceback
+        sys.exit(f"python -m server: {error}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    for line in logs.summary(config, server.served):
+        lifecycle.info(line)
+    lifecycle.info("SERVING: configured, loaded and warmed up in %.1f s", time.perf_counter() - started)
+    if ready is not None:
+        ready(sorted(server.models))
+    await stop.wait()
+    await server.stop()
+    lifecycle.info("stopped")

@@ -35,7 +35,10 @@ class Config:
     auth_tokens_file: str = ""
     reflection: bool = True  # grpc.reflection.v1alpha.ServerReflection
     providers: str = "auto"  # "auto" (CUDA when present, else CPU) or a comma list of ORT providers
-    intra_op_threads: int = 2  # 2 measured best for one step on 2 cores
+    # Server processes on one port (SO_REUSEPORT), each with its own streams and engine; 1: one process, no
+    # supervisor (server/workers.py, docs/server.md "Workers").
+    workers: int = 1
+    intra_op_threads: int = 2  # 2 measured best for one step on 2 cores; with workers, split among them
     inter_op_threads: int = 1
     # Rows per batched step. At 256 translation streams, 256 beat 64 on the 2-core CPU (4,738 vs 3,807
     # tokens/s) and on an H100 (8,502 vs 6,705): bigger steps cost less per row (bench/RESULTS.md).
@@ -90,6 +93,7 @@ class Config:
 # Every numeric option's range (low, high; None: no upper bound); tests check that none is missing.
 RANGES: dict[str, tuple[float, float | None]] = {
     "port": (0, 65535), "metrics_port": (-1, 65535), "intra_op_threads": (0, 1024), "inter_op_threads": (0, 1024),
+    "workers": (1, 1024),
     "max_batch": (1, None), "max_wait_ms": (0, 1000), "max_streams": (1, None), "max_queue": (1, None),
     "idle_timeout_s": (0.001, None), "sequence_idle_timeout_s": (0.001, None), "write_timeout_s": (0.001, None),
     "max_stream_age_s": (0.001, None),
@@ -119,7 +123,10 @@ HELP = {
     "reflection": "serve grpc.reflection.v1alpha (true/false)",
     "providers": "ONNX Runtime execution providers: auto (CUDA when this ONNX Runtime has it, else CPU) or a comma "
                  "list such as CUDAExecutionProvider,CPUExecutionProvider",
-    "intra_op_threads": "ONNX Runtime threads inside one graph run, per session",
+    "workers": "server processes sharing the gRPC port (SO_REUSEPORT), each with its own streams and engine, "
+               "under one supervisor that serves /metrics for all (1: a single process)",
+    "intra_op_threads": "ONNX Runtime threads inside one graph run, per session; with workers, each worker gets "
+                        "intra_op_threads / workers (at least 1; 0: the machine's cores)",
     "inter_op_threads": "ONNX Runtime threads across independent nodes, per session",
     "max_batch": "rows (streams) per batched step of a graph",
     "max_wait_ms": "how long a batch waits for more steps once one is ready (0: run what is queued at once)",

@@ -202,7 +202,7 @@ class ModelRunner:
 
     def unregister(self) -> None:
         """Remove this version from ``seqserve_model_info`` and its graphs' gauges (it is unloaded)."""
-        self.metrics.model_info.remove(*self.info.values())
+        self.metrics.forget(self.metrics.model_info, *self.info.values())
         for graph in self.graphs.values():
             graph.unregister()
 

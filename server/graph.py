@@ -142,16 +142,16 @@ class Graph:
         # scheduler's, a generation loop's), read when /metrics is scraped, like the slots.
         self.queues: list[Callable[[], int]] = []
         held = {**self.labels, "version": str(model.version)}
-        metrics.queue_depth.labels(**held).set_function(lambda: sum(size() for size in self.queues))
+        metrics.read_when_scraped(metrics.queue_depth.labels(**held), lambda: sum(size() for size in self.queues))
         if self.slots:
             metrics.slots.labels(**held).set(self.slots.capacity)
-            metrics.slots_in_use.labels(**held).set_function(lambda: self.slots.in_use)
+            metrics.read_when_scraped(metrics.slots_in_use.labels(**held), lambda: self.slots.in_use)
 
     def unregister(self) -> None:
         """Remove this graph's gauges from ``/metrics`` (its model version is unloaded)."""
         gauges = [self.metrics.queue_depth, *([self.metrics.slots, self.metrics.slots_in_use] if self.slots else [])]
         for gauge in gauges:  # labels model, version, graph
-            gauge.remove(self.model.name, str(self.model.version), self.name)
+            self.metrics.forget(gauge, self.model.name, str(self.model.version), self.name)
 
     def gather(self, parts: list[Arrays]) -> Arrays:
         """One feed from per-request inputs (each ``[rows, ...]``), padded with the context's or the ids' pad."""

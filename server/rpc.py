@@ -96,12 +96,23 @@ class Ending:
 SHUTDOWN = Ending("shutdown", grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry the call")
 
 
+@functools.cache
+def stream_endings(idle_timeout_s: float, write_timeout_s: float) -> tuple[Ending, Ending, dict[Ending, float]]:
+    """The endings of a silent client and of one that reads nothing, and their timeouts: made once, not per call
+    (an idle stream holds them, ``bench/idle_sessions.py``)."""
+    idle = Ending("idle_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
+                  f"no message for {idle_timeout_s:g} s (idle_timeout_s): the stream was ended")
+    stalled = Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
+                     f"the client read nothing for {write_timeout_s:g} s (write_timeout_s): the stream was ended")
+    return idle, stalled, {idle: idle_timeout_s, stalled: write_timeout_s}
+
+
 def max_age(seconds: float) -> Ending:
     return Ending("max_age", grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"the call was ended at max_stream_age_s ({seconds:g} s): open a new one")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tracked:
     """A call in progress: the task that runs it, so that the server can end it with an ``Ending``."""
 
@@ -171,11 +182,7 @@ class Call:
                  protocol: str = SEQSERVE) -> None:
         self.metrics, self.method, self.context, self.protocol = metrics, method, context, protocol
         self.tracked = CURRENT.get()
-        self.idle = Ending("idle_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
-                           f"no message for {config.idle_timeout_s:g} s (idle_timeout_s): the stream was ended")
-        self.stalled = Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED, f"the client read nothing for "
-                              f"{config.write_timeout_s:g} s (write_timeout_s): the stream was ended")
-        self.timeouts = {self.idle: config.idle_timeout_s, self.stalled: config.write_timeout_s}
+        self.idle, self.stalled, self.timeouts = stream_endings(config.idle_timeout_s, config.write_timeout_s)
         self.model = self.task = ""
         self.served: Served | None = None  # the version it holds a lease on (hot reload unloads it after the call)
         self.started = self.last = time.perf_counter()
