@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from servers import CONFIG, MODELS, Process, Running
 
+from client import Client
 from protos.seqserve.v1 import (
     common_pb2,
     forecast_pb2,
@@ -276,3 +278,37 @@ def test_the_max_age_ending_freezes_a_stream_into_a_token(keys: Path, data_dir: 
     finally:
         server.stop()
     assert np.isfinite(seen[0].steps[0].point)
+
+
+def test_the_client_resumes_a_stream_whose_server_drains_mid_way(pair: tuple[str, str], keys: Path,
+                                                                  texts: list[str]) -> None:
+    """A SIGTERM'd server freezes the stream at its grace period's end; the client resumes it on the other server
+    (pick_first over two addresses moves on once the first is gone) and its caller sees one stream, equal to an
+    uninterrupted run bit for bit."""
+    parts = chunks_of(next(t for t in texts if len(t) > 150))
+    with Client(pair[1], timeout=60) as solo:
+        whole = list(solo.stream_sentiment(parts))
+    draining = Process("--resume-keys-file", str(keys), "--grace-s", "0.3", "--drain-s", "0")
+    terminated = threading.Event()
+
+    def chunks() -> Iterator[str]:
+        for index, part in enumerate(parts):
+            if index == len(parts) // 2:
+                terminated.wait(30)
+                time.sleep(1.5)  # past the drain, the grace period and the freeze
+            yield part
+
+    try:
+        resumed = []
+        with Client(f"ipv4:{draining.target},{pair[1]}", timeout=60) as client:
+            for update in client.stream_sentiment(chunks()):
+                resumed.append(update)
+                if len(resumed) == 1:  # the stream runs on the first server: stop it
+                    draining.terminate()
+                    terminated.set()
+            assert len(client.retry.resumes) == 1
+        assert draining.wait(30) == 0
+    finally:
+        draining.kill()
+    assert any("frozen into a resume token at shutdown" in line for line in draining.lines)
+    assert [m.SerializeToString() for m in resumed] == [m.SerializeToString() for m in whole]
