@@ -35,11 +35,15 @@ class Retry:
         return min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
 
 
+LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+"""How a call ends whose server went away: UNAVAILABLE, or CANCELLED when a proxy resets the stream (HAProxy does,
+RST_STREAM CANCEL, for a replica killed mid-stream). The client never cancels a call it resumes itself."""
+
+
 def resumable(error: grpc.RpcError, token: bytes, frozen: bool) -> bool:
-    """Whether a call that ended with ``error`` resumes: it has a token, and the server went away (UNAVAILABLE) or
+    """Whether a call that ended with ``error`` resumes: it has a token, and its server went away (``LOST``) or
     ended it itself right after a token (``frozen``: the maximum age)."""
-    return bool(token) and (error.code() == grpc.StatusCode.UNAVAILABLE
-                            or (frozen and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED))
+    return bool(token) and (error.code() in LOST or (frozen and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED))
 
 
 class Resumer:
