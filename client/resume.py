@@ -40,10 +40,13 @@ LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 RST_STREAM CANCEL, for a replica killed mid-stream). The client never cancels a call it resumes itself."""
 
 
-def resumable(error: grpc.RpcError, token: bytes, frozen: bool) -> bool:
-    """Whether a call that ended with ``error`` resumes: it has a token, and its server went away (``LOST``) or
-    ended it itself right after a token (``frozen``: the maximum age)."""
-    return bool(token) and (error.code() in LOST or (frozen and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED))
+def resumable(error: grpc.RpcError, token: bytes, frozen: bool, received: int) -> bool:
+    """Whether a call that ended with ``error`` goes on: its server went away (``LOST``) after a token, or before
+    the stream delivered anything (it starts again: a replica that was stopping refused it); or the server ended it
+    itself right after a token (``frozen``: the maximum age)."""
+    if error.code() in LOST:
+        return bool(token) or received == 0
+    return bool(token) and frozen and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Resumer:
@@ -85,7 +88,7 @@ class Resumer:
                         yield message
                 return
             except grpc.RpcError as error:
-                if not resumable(error, self.token, self.frozen) or self.attempt >= self.retry.attempts:
+                if not resumable(error, self.token, self.frozen, self.received) or self.attempt >= self.retry.attempts:
                     raise
                 broke = time.perf_counter()
                 time.sleep(self.retry.delay(self.attempt))
