@@ -116,7 +116,7 @@ class Tracked:
     task: asyncio.Task
     ending: Ending | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
-    stopping: asyncio.Event | None = None  # a resumable stream's: set when an ending asks it to freeze
+    stopping: asyncio.Future | None = None  # a resumable stream's: done when an ending asks it to freeze
     cancelled: bool = False
 
     def end(self, ending: Ending, force: bool = False) -> None:
@@ -125,9 +125,9 @@ class Tracked:
         if self.cancelled:
             return
         if self.stopping is not None and ending.freezes and not force:
-            if not self.stopping.is_set():
+            if not self.stopping.done():
                 self.ending = ending
-                self.stopping.set()
+                self.stopping.set_result(None)
             return
         self.ending, self.cancelled = ending, True
         self.task.cancel()
@@ -224,11 +224,11 @@ class Call:
         """From now on an ending that freezes (shutdown, maximum age) lets the stream reach a point where what it has
         sent matches its state (``read`` and ``checkpoint``), where ``freeze`` sends its resume token."""
         self.freeze = freeze
-        self.tracked.stopping = asyncio.Event()
+        self.tracked.stopping = asyncio.get_running_loop().create_future()
 
     async def checkpoint(self) -> None:
         """Where a resumable stream may stop: if asked to, send the token and end (``Frozen``)."""
-        if self.tracked.stopping is not None and self.tracked.stopping.is_set():
+        if self.tracked.stopping is not None and self.tracked.stopping.done():
             await self.freeze()
             raise Frozen
 
@@ -243,11 +243,10 @@ class Call:
 
     async def _unless_stopped(self, operation: Awaitable[Any]) -> Any:
         """``operation``'s result, or a checkpoint if the stream is asked to freeze first."""
-        reading, stopped = asyncio.ensure_future(operation), asyncio.ensure_future(self.tracked.stopping.wait())
+        reading = asyncio.ensure_future(operation)
         try:
-            await asyncio.wait([reading, stopped], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([reading, self.tracked.stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopped.cancel()
             if not reading.done():
                 reading.cancel()
         if reading.done() and not reading.cancelled():
