@@ -1,8 +1,9 @@
 """``Client``: one channel, one method per RPC, plain Python values in and protobuf messages out.
 
 The channel is plaintext unless TLS is asked for (``tls``, or a CA, or a client certificate for
-mTLS); ``token`` is sent as ``authorization: Bearer <token>`` with every call. ``Translate`` and
-``StreamSentiment`` streams resume by themselves from the server's resume tokens (``client/resume.py``).
+mTLS); ``token`` is sent as ``authorization: Bearer <token>`` with every call. ``Translate``,
+``StreamSentiment`` and ``Observe`` streams resume by themselves from the server's resume tokens
+(``client/resume.py``).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class Client:
         return self.forecaster.Forecast(request, timeout=self.timeout)
 
     def observe(self, observations: Iterable[forecast_pb2.Observation]) -> Iterator[forecast_pb2.ForecastUpdate]:
-        return self.forecaster.Observe(iter(observations), timeout=self.timeout)
+        """One update per observation (a message may ask for a resume token: ``want_resume_token``)."""
+        return resume.observe(self.forecaster.Observe, observations, self.timeout, self.retry)
 
     def translate(self, text: str, beam: int = 1, max_length: int = 0, length_penalty: float = 0.0,
                   max_tokens_per_message: int = 1, model: str = "translation", version: int = 0, resume_every: int = 0

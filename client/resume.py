@@ -3,8 +3,8 @@ continues from it on a new call, with bounded retries and backoff, and the calle
 
 Tokens come as the server sends them (docs/server.md, Resume tokens): as the last message when a server drains or
 ends a stream for age, and periodically where the caller asked for them (``resume_every`` for Translate,
-``token_every`` chunks for StreamSentiment). What the old call sent beyond its last token is sent
-again by the new one and skipped here; what the caller sent beyond it is sent again.
+``token_every`` for StreamSentiment, ``want_resume_token`` in Observe's messages). What the old call sent beyond its
+last token is sent again by the new one and skipped here; what the caller sent beyond it is sent again.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from protos.seqserve.v1 import sentiment_pb2, translate_pb2
+from protos.seqserve.v1 import forecast_pb2, sentiment_pb2, translate_pb2
 
 
 @dataclass
@@ -58,15 +58,16 @@ class Resumer:
         self.attempt = 0
 
     def run(self, start: Callable[[bytes], Iterable[Any]], results: Callable[[Any], int],
-            trim: Callable[[Any, int], Any], on_token: Callable[[Any], None] = lambda message: None
+            trim: Callable[[Any, int], Any], on_token: Callable[[Any, int], None] = lambda message, results: None
             ) -> Iterator[Any]:
         """The messages with results of ``start(token)`` (b"": a new stream), then of each resumed call, with the
         results that an earlier call had already delivered dropped. ``results`` counts a message's results, ``trim``
-        drops its first ones; ``on_token`` sees each message that carries a token. A message without results is
+        drops its first ones; ``on_token`` sees each message that carries a token, and how many results this call
+        has brought up to it. A message without results is
         passed on unless it carries only a token."""
         broke: float | None = None
         while True:
-            position = self.covered  # the stream's results before this call's first
+            position = began = self.covered  # the stream's results before this call's first
             try:
                 for message in start(self.token):
                     if broke is not None:
@@ -76,7 +77,7 @@ class Resumer:
                     position += count
                     if message.resume_token:  # it covers every result up to here
                         self.token, self.covered, self.attempt = message.resume_token, position, 0
-                        on_token(message)
+                        on_token(message, position - began)
                     self.frozen = bool(message.resume_token) and count == 0
                     if count == 0:  # a token alone is bookkeeping; anything else is the caller's
                         if not message.resume_token:
@@ -136,8 +137,9 @@ class Outbox:
                 self.done = True
                 self.ready.notify_all()
 
-    def requests(self, first: list[Any]) -> Iterator[Any]:
-        """A new call's requests: ``first`` (before the caller's), then every request no token covers yet."""
+    def requests(self, lead: list[Any], alter: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+        """A new call's requests: ``lead`` (before the caller's), then every request no token covers yet, the first
+        of them through ``alter`` if given."""
         with self.ready:
             self.call += 1
             call, index = self.call, self.base
@@ -146,10 +148,10 @@ class Outbox:
             if self.reader is None:
                 self.reader = threading.Thread(target=self._read, daemon=True, name="seqserve-outbox")
                 self.reader.start()
-        yield from first
+        yield from lead
         while (request := self._next(call, index)) is not None:
+            yield alter(request) if alter is not None and index == self.start else request
             index += 1
-            yield request
 
     def _next(self, call: int, index: int) -> Any | None:
         """The stream's request ``index`` once read; None once there is none or a newer call has started."""
@@ -180,7 +182,36 @@ def stream_sentiment(call: Callable[..., Iterable[sentiment_pb2.SentimentUpdate]
         return call(outbox.requests([sentiment_pb2.SentimentChunk(resume_token=token)] if token else []),
                     timeout=timeout)
 
-    def on_token(update: sentiment_pb2.SentimentUpdate) -> None:  # chunks_read counts the token's chunk
+    def on_token(update: sentiment_pb2.SentimentUpdate, results: int) -> None:  # chunks_read counts the token's
         outbox.covered(update.chunks_read - resumed)
 
     yield from Resumer(retry).run(start, lambda u: 0 if u.resume_token else 1, lambda u, drop: u, on_token)
+
+
+def observe(call: Callable[..., Iterable[forecast_pb2.ForecastUpdate]],
+            observations: Iterable[forecast_pb2.Observation], timeout: float | None, retry: Retry
+            ) -> Iterator[forecast_pb2.ForecastUpdate]:
+    """``Observe`` that resumes: a resumed call's first message is the first observation no token covers, carrying
+    the token and the first message's quantiles; updates that carry only a token are not passed on, nor are tokens.
+    Each answered observation has one update, so a token covers as many observations as updates came before it."""
+    outbox, quantiles = Outbox(observations), []
+
+    def resumed(token: bytes, observation: forecast_pb2.Observation) -> forecast_pb2.Observation:
+        first = forecast_pb2.Observation()
+        first.CopyFrom(observation)
+        first.ClearField("model")
+        first.resume_token, first.quantiles[:] = token, quantiles
+        return first
+
+    def remember(observation: forecast_pb2.Observation) -> forecast_pb2.Observation:
+        quantiles[:] = observation.quantiles
+        return observation
+
+    def start(token: bytes) -> Iterable[forecast_pb2.ForecastUpdate]:
+        alter = (lambda o: resumed(token, o)) if token else (remember if not quantiles else None)
+        return call(outbox.requests([], alter), timeout=timeout)
+
+    for update in Resumer(retry).run(start, lambda u: 1 if u.steps else 0, lambda u, drop: u,
+                                     lambda update, results: outbox.covered(results)):
+        update.ClearField("resume_token")
+        yield update

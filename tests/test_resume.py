@@ -312,3 +312,39 @@ def test_the_client_resumes_a_stream_whose_server_drains_mid_way(pair: tuple[str
         draining.kill()
     assert any("frozen into a resume token at shutdown" in line for line in draining.lines)
     assert [m.SerializeToString() for m in resumed] == [m.SerializeToString() for m in whole]
+
+
+def test_the_client_resumes_an_observe_stream_whose_server_drains_mid_way(pair: tuple[str, str], keys: Path,
+                                                                          data_dir: Path) -> None:
+    """As for StreamSentiment: the resumed call's first message is the first observation not yet answered, with the
+    token and the first message's quantiles; the caller's updates equal an uninterrupted run bit for bit."""
+    series = load_panel(data_dir / "forecast" / "aus_retail.csv").values[9]
+    history, later = series[:-10].tolist(), series[-10:].tolist()
+    messages = [forecast_pb2.Observation(model=ref("forecast"), values=history, start_month=5, horizon=4,
+                                         quantiles=[0.1, 0.9])]
+    messages += [forecast_pb2.Observation(values=later[i : i + 2], horizon=4) for i in range(0, 10, 2)]
+    with Client(pair[1], timeout=60) as solo:
+        whole = list(solo.observe(messages))
+    draining = Process("--resume-keys-file", str(keys), "--grace-s", "0.3", "--drain-s", "0")
+    terminated = threading.Event()
+
+    def observations() -> Iterator[forecast_pb2.Observation]:
+        for index, message in enumerate(messages):
+            if index == 3:
+                terminated.wait(30)
+                time.sleep(1.5)  # past the drain, the grace period and the freeze
+            yield message
+
+    try:
+        resumed = []
+        with Client(f"ipv4:{draining.target},{pair[1]}", timeout=60) as client:
+            for update in client.observe(observations()):
+                resumed.append(update)
+                if len(resumed) == 1:
+                    draining.terminate()
+                    terminated.set()
+            assert len(client.retry.resumes) == 1
+        assert draining.wait(30) == 0
+    finally:
+        draining.kill()
+    assert [m.SerializeToString() for m in resumed] == [m.SerializeToString() for m in whole]
