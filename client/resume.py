@@ -35,9 +35,10 @@ class Retry:
         return min(self.backoff_s * 2 ** attempt, self.max_backoff_s)
 
 
-LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-"""How a call ends whose server went away: UNAVAILABLE, or CANCELLED when a proxy resets the stream (HAProxy does,
-RST_STREAM CANCEL, for a replica killed mid-stream). The client never cancels a call it resumes itself."""
+LOST = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+"""How a call ends whose server went away: UNAVAILABLE; through a proxy, CANCELLED when it resets the stream, or
+UNKNOWN when it ends the stream without a status (HAProxy does either for a replica killed mid-stream). The client
+never cancels a call it resumes itself, and the server answers no call with UNKNOWN."""
 
 
 def resumable(error: grpc.RpcError, token: bytes, frozen: bool, received: int) -> bool:

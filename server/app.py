@@ -122,6 +122,8 @@ class Server:
             log.info("grace period over: ending %d open calls", len(self.calls.live))
             self.calls.end(SHUTDOWN, health=False)  # resumable streams send their resume token first
             if not await self.calls.settle(FREEZE_S):
+                log.warning("%d calls still open %g s later: ended without a resume token", len(self.calls.live),
+                            FREEZE_S)
                 self.calls.end(SHUTDOWN, health=False, force=True)
         await stopped
         self.kserve.close()
