@@ -103,6 +103,9 @@ def max_age(seconds: float) -> Ending:
                   f"the call was ended at max_stream_age_s ({seconds:g} s): open a new one", freezes=True)
 
 
+TOKEN_FLUSH_S = 0.1  # between a frozen stream's token and its status
+
+
 class Frozen(asyncio.CancelledError):
     """A resumable stream has sent its resume token at an ``Ending`` that freezes: the call ends as if cancelled by
     it, with its status."""
@@ -230,6 +233,9 @@ class Call:
         """Where a resumable stream may stop: if asked to, send the token and end (``Frozen``)."""
         if self.tracked.stopping is not None and self.tracked.stopping.done():
             await self.freeze()
+            # The token must reach the client even if its status does not: at shutdown the process exits right after
+            # the last call, and a proxy resets a stream whose data was still on its way (HAProxy, tests/test_replicas).
+            await asyncio.sleep(TOKEN_FLUSH_S)
             raise Frozen
 
     async def read(self) -> Any:

@@ -162,7 +162,7 @@ class Streams:
             if self.hold is not None:
                 self.hold.wait(300)
 
-        with Client(self.target, timeout=120, retry=Retry(attempts=8)) as client:
+        with Client(self.target, timeout=120, retry=Retry(attempts=12)) as client:
             try:
                 result = [(u.token, u.position, tuple(u.probabilities))
                           for u in client.stream_sentiment(paced(), token_every=1 if self.periodic(index) else 0)]
