@@ -9,7 +9,7 @@ DEV := $(VENV)/.dev
 STAMP := $(VENV)/.installed
 BUILD := pyproject.toml setup.py $(wildcard protos/seqserve/v1/*.proto)
 
-.PHONY: serve bench soak protos install data test lint image test-deploy train-sentiment compare-sentiment train-forecast train-translation models check-models clean
+.PHONY: serve bench soak replicas protos install data test lint image test-deploy train-sentiment compare-sentiment train-forecast train-translation models check-models clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,7 @@ data: $(STAMP)
 
 test: data
 	$(PY) -m ruff check .
+	deploy/haproxy/install.sh
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -75,6 +76,13 @@ serve: $(RUNTIME)
 # streams for 10 minutes against python -m server; every stream equals its solo run, gauges back to 0, RSS bounded.
 soak: $(DEV)
 	SEQSERVE_SOAK_STREAMS=256 SEQSERVE_SOAK_SECONDS=600 $(PY) -m pytest -q -s tests/test_soak.py
+
+# Three replicas behind HAProxy (deploy/haproxy/haproxy.cfg, installed with apt-get when missing), 64 streams through
+# it: SIGTERM one replica then SIGKILL another mid-stream, a rolling restart of every replica (no stream lost, each equal
+# to its solo run), and the added latency of a resume, printed (tests/test_replicas.py; make test runs 16 streams).
+replicas: data
+	deploy/haproxy/install.sh
+	SEQSERVE_REPLICA_STREAMS=64 SEQSERVE_RESUME_SAMPLES=40 $(PY) -m pytest -q -s tests/test_replicas.py
 
 # The container image seqserve:latest with Docker or Podman (deploy/image.sh, deploy/README.md).
 image:

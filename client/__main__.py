@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import grpc
 
 from client.api import Client
+from client.resume import Retry
 
 
 def stdin_chunks() -> Iterator[str]:
@@ -20,7 +21,7 @@ def stdin_chunks() -> Iterator[str]:
 
 def sentiment(client: Client, args: argparse.Namespace) -> None:
     chunks = iter([" ".join(args.text)]) if args.text else stdin_chunks()
-    for update in client.stream_sentiment(chunks, model=args.model):
+    for update in client.stream_sentiment(chunks, model=args.model, token_every=args.token_every):
         bar = "#" * round(update.positive * 20)
         print(f"{update.position:4d}  {update.token:<16} P(positive)={update.positive:.4f}  {bar}", flush=True)
 
@@ -36,7 +37,8 @@ def forecast(client: Client, args: argparse.Namespace) -> None:
 
 
 def translate(client: Client, args: argparse.Namespace) -> None:
-    tokens = client.translate_tokens(" ".join(args.text), beam=args.beam, model=args.model)
+    tokens = client.translate_tokens(" ".join(args.text), beam=args.beam, model=args.model,
+                                     resume_every=args.resume_every)
     for position, token in enumerate(tokens):
         if args.verbose:
             focus = max(range(len(token.attention)), key=token.attention.__getitem__)
@@ -83,10 +85,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", help="the key of --cert")
     parser.add_argument("--token", default=os.environ.get("SEQSERVE_TOKEN"),
                         help="bearer token sent with every call (default: $SEQSERVE_TOKEN)")
+    parser.add_argument("--retries", type=int, default=5,
+                        help="resume a stream that its server ended with a resume token up to this many times in a "
+                             "row (0: never; docs/server.md, Resume tokens)")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("sentiment", help="running probability per token (text arguments or stdin)")
     p.add_argument("text", nargs="*")
     p.add_argument("--model", default="sentiment")
+    p.add_argument("--token-every", type=int, default=0, help="ask for a resume token every this many chunks")
     p.set_defaults(run=sentiment)
     p = commands.add_parser("forecast", help="quantile forecasts of a series")
     p.add_argument("--history", required=True, help="comma-separated values, oldest first")
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     p = commands.add_parser("translation", help="tokens as they are decoded")
     p.add_argument("text", nargs="+")
     p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--resume-every", type=int, default=0, help="greedy: ask for a resume token every this many tokens")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per token: id, log-prob, attention")
     p.add_argument("--model", default="translation")
     p.set_defaults(run=translate)
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         run=health)
     args = parser.parse_args(argv)
     with Client(args.server, args.timeout, tls=args.tls, ca=args.ca, cert=args.cert, key=args.key,
-                token=args.token) as client:
+                token=args.token, retry=Retry(attempts=args.retries)) as client:
         try:
             args.run(client, args)
         except grpc.RpcError as error:

@@ -1,7 +1,9 @@
 """``Client``: one channel, one method per RPC, plain Python values in and protobuf messages out.
 
 The channel is plaintext unless TLS is asked for (``tls``, or a CA, or a client certificate for
-mTLS); ``token`` is sent as ``authorization: Bearer <token>`` with every call.
+mTLS); ``token`` is sent as ``authorization: Bearer <token>`` with every call. ``Translate``,
+``StreamSentiment`` and ``Observe`` streams resume by themselves from the server's resume tokens
+(``client/resume.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client import resume
 from protos.seqserve.v1 import (
     common_pb2,
     forecast_pb2,
@@ -53,10 +56,12 @@ def channel(target: str, tls: bool = False, ca: str | None = None, cert: str | N
 
 class Client:
     def __init__(self, target: str = "localhost:50051", timeout: float | None = None, *, tls: bool = False,
-                 ca: str | None = None, cert: str | None = None, key: str | None = None, token: str | None = None
-                 ) -> None:
+                 ca: str | None = None, cert: str | None = None, key: str | None = None, token: str | None = None,
+                 retry: resume.Retry | None = None) -> None:
+        """``retry``: how streams resume (``Retry()``: 5 attempts; ``Retry(attempts=0)``: never)."""
         self.channel = channel(target, tls, ca, cert, key, token)
         self.timeout = timeout
+        self.retry = retry or resume.Retry()
         self.sentiment = sentiment_pb2_grpc.SentimentStub(self.channel)
         self.forecaster = forecast_pb2_grpc.ForecastStub(self.channel)
         self.translation = translate_pb2_grpc.TranslationStub(self.channel)
@@ -91,15 +96,17 @@ class Client:
         request = sentiment_pb2.ClassifyRequest(model=common_pb2.ModelRef(name=model, version=version), texts=texts)
         return self.sentiment.Classify(request, timeout=self.timeout)
 
-    def stream_sentiment(self, chunks: Iterable[str], model: str = "sentiment", version: int = 0
-                         ) -> Iterator[sentiment_pb2.SentimentUpdate]:
-        """One update per complete token while ``chunks`` are still being produced."""
+    def stream_sentiment(self, chunks: Iterable[str], model: str = "sentiment", version: int = 0,
+                         token_every: int = 0) -> Iterator[sentiment_pb2.SentimentUpdate]:
+        """One update per complete token while ``chunks`` are still being produced; a resume token is asked for
+        after every ``token_every`` chunks (0: only the server's own, at shutdown or maximum age)."""
         def requests() -> Iterator[sentiment_pb2.SentimentChunk]:
             ref = common_pb2.ModelRef(name=model, version=version)
             for index, chunk in enumerate(chunks):
-                yield sentiment_pb2.SentimentChunk(model=ref if index == 0 else None, text=chunk)
+                yield sentiment_pb2.SentimentChunk(model=ref if index == 0 else None, text=chunk,
+                                                   want_resume_token=token_every > 0 and (index + 1) % token_every == 0)
 
-        return self.sentiment.StreamSentiment(requests(), timeout=self.timeout)
+        return resume.stream_sentiment(self.sentiment.StreamSentiment, requests(), self.timeout, self.retry)
 
     def forecast(self, history: list[float], horizon: int, quantiles: Iterable[float] = (), start_month: int = 0,
                  model: str = "forecast", version: int = 0) -> Iterator[forecast_pb2.ForecastStep]:
@@ -109,17 +116,19 @@ class Client:
         return self.forecaster.Forecast(request, timeout=self.timeout)
 
     def observe(self, observations: Iterable[forecast_pb2.Observation]) -> Iterator[forecast_pb2.ForecastUpdate]:
-        return self.forecaster.Observe(iter(observations), timeout=self.timeout)
+        """One update per observation (a message may ask for a resume token: ``want_resume_token``)."""
+        return resume.observe(self.forecaster.Observe, observations, self.timeout, self.retry)
 
     def translate(self, text: str, beam: int = 1, max_length: int = 0, length_penalty: float = 0.0,
-                  max_tokens_per_message: int = 1, model: str = "translation", version: int = 0
+                  max_tokens_per_message: int = 1, model: str = "translation", version: int = 0, resume_every: int = 0
                   ) -> Iterator[translate_pb2.TranslateUpdate]:
-        """Updates of one or more tokens each (``max_tokens_per_message``); the first names the source pieces."""
+        """Updates of one or more tokens each (``max_tokens_per_message``); the first names the source pieces. A
+        greedy translation asks for a resume token every ``resume_every`` tokens (0: only the server's own)."""
         request = translate_pb2.TranslateRequest(
-            model=common_pb2.ModelRef(name=model, version=version), text=text,
+            model=common_pb2.ModelRef(name=model, version=version), text=text, resume_every=resume_every,
             options=translate_pb2.DecodeOptions(beam=beam, max_length=max_length, length_penalty=length_penalty,
                                                 max_tokens_per_message=max_tokens_per_message))
-        return self.translation.Translate(request, timeout=self.timeout)
+        return resume.translate(self.translation.Translate, request, self.timeout, self.retry)
 
     def translate_tokens(self, text: str, **options: Any) -> Iterator[translate_pb2.TranslateToken]:
         """``translate``'s tokens one by one, as their updates arrive."""

@@ -58,6 +58,7 @@ SERVICES = [  # (servicer class, generated registration function, full service n
      models_pb2.DESCRIPTOR.services_by_name["Models"].full_name),
 ]
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+FREEZE_S = 1.0  # after the grace period, how long resumable streams get to send their resume token
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -136,7 +137,7 @@ class Server:
         """The shutdown sequence (docs/server.md, Lifecycle): health turns NOT_SERVING and the server keeps serving
         for ``drain`` seconds, so that load balancers and probes see it; then new calls are refused and health
         watches ended; open calls get ``grace`` seconds, after which each still open gets UNAVAILABLE "the server is
-        shutting down"; then the engine stops."""
+        shutting down" (a resumable stream after its resume token, within ``FREEZE_S``); then the engine stops."""
         grace = self.config.grace_s if grace is None else grace
         drain = self.config.drain_s if drain is None else drain
         await self.health.enter_graceful_shutdown()
@@ -144,11 +145,15 @@ class Server:
         log.info("NOT_SERVING: draining for %g s, then open calls have %g s to finish", drain, grace)
         await asyncio.sleep(drain)
         # grpc's own deadline comes after ours: it would end the calls still open with INTERNAL.
-        stopped = asyncio.ensure_future(self.grpc.stop(grace + 1))
+        stopped = asyncio.ensure_future(self.grpc.stop(grace + FREEZE_S + 1))
         self.calls.end(SHUTDOWN, health=True)
         if not await self.calls.settle(grace):
             log.info("grace period over: ending %d open calls", len(self.calls.live))
-            self.calls.end(SHUTDOWN, health=False)
+            self.calls.end(SHUTDOWN, health=False)  # resumable streams send their resume token first
+            if not await self.calls.settle(FREEZE_S):
+                log.warning("%d calls still open %g s later: ended without a resume token", len(self.calls.live),
+                            FREEZE_S)
+                self.calls.end(SHUTDOWN, health=False, force=True)
         await stopped
         self.kserve.close()
         await self.reloader.stop()

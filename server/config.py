@@ -33,6 +33,10 @@ class Config:
     # file of them (one per line, # comments). Neither: no authentication.
     auth_token: str = ""
     auth_tokens_file: str = ""
+    # Resume tokens (docs/server.md): '<key id> <hex secret>' lines, the first signs; none: tokens are off.
+    resume_keys_file: str = ""
+    resume_token_ttl_s: float = 3600.0  # how long a resume token is accepted after it was made
+    max_resume_token_bytes: int = 65536  # a longer resume token is refused unread
     reflection: bool = True  # grpc.reflection.v1alpha.ServerReflection
     providers: str = "auto"  # "auto" (CUDA when present, else CPU) or a comma list of ORT providers
     # Server processes on one port (SO_REUSEPORT), each with its own streams and engine; 1: one process, no
@@ -100,6 +104,7 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "drain_s": (0, None), "grace_s": (0, None), "max_texts": (1, None), "max_text_chars": (1, None),
     "max_token_chars": (1, None), "max_stream_tokens": (1, None), "max_history": (1, None), "max_horizon": (1, None),
     "max_decode_len": (1, None), "max_beam": (1, None), "reload_interval_s": (0, 86400),
+    "resume_token_ttl_s": (1, None), "max_resume_token_bytes": (1024, None),
 }
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -120,6 +125,10 @@ HELP = {
     "auth_token": "a bearer token every call but health must carry (authorization: Bearer <token>); prefer the "
                   "environment variable to the flag",
     "auth_tokens_file": "a file of bearer tokens, one a line (# comments), any of which a call may carry",
+    "resume_keys_file": "resume-token keys, one '<key id> <hex secret of 32+ bytes>' a line (# comments): the first "
+                        "signs, all verify; the same file on every replica; unset: resume tokens are off",
+    "resume_token_ttl_s": "seconds a resume token is accepted after it was made",
+    "max_resume_token_bytes": "the longest resume token a request may carry (INVALID_ARGUMENT beyond it)",
     "reflection": "serve grpc.reflection.v1alpha (true/false)",
     "providers": "ONNX Runtime execution providers: auto (CUDA when this ONNX Runtime has it, else CPU) or a comma "
                  "list such as CUDAExecutionProvider,CPUExecutionProvider",

@@ -91,9 +91,11 @@ class Ending:
     reason: str
     code: grpc.StatusCode
     message: str
+    freezes: bool = False  # a resumable stream is frozen into a resume token (``Call.resumable``), not cancelled
 
 
-SHUTDOWN = Ending("shutdown", grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry the call")
+SHUTDOWN = Ending("shutdown", grpc.StatusCode.UNAVAILABLE, "the server is shutting down: retry the call",
+                  freezes=True)
 
 
 @functools.cache
@@ -109,7 +111,15 @@ def stream_endings(idle_timeout_s: float, write_timeout_s: float) -> tuple[Endin
 
 def max_age(seconds: float) -> Ending:
     return Ending("max_age", grpc.StatusCode.DEADLINE_EXCEEDED,
-                  f"the call was ended at max_stream_age_s ({seconds:g} s): open a new one")
+                  f"the call was ended at max_stream_age_s ({seconds:g} s): open a new one", freezes=True)
+
+
+TOKEN_FLUSH_S = 0.1  # between a frozen stream's token and its status
+
+
+class Frozen(asyncio.CancelledError):
+    """A resumable stream has sent its resume token at an ``Ending`` that freezes: the call ends as if cancelled by
+    it, with its status."""
 
 
 @dataclass(eq=False, slots=True)
@@ -120,11 +130,21 @@ class Tracked:
     task: asyncio.Task
     ending: Ending | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    stopping: asyncio.Future | None = None  # a resumable stream's: done when an ending asks it to freeze
+    cancelled: bool = False
 
-    def end(self, ending: Ending) -> None:
-        if self.ending is None:
-            self.ending = ending
-            self.task.cancel()
+    def end(self, ending: Ending, force: bool = False) -> None:
+        """Cancel the call with ``ending``; a resumable stream (``stopping``) is asked to freeze instead, unless
+        ``force``d or the ending does not freeze (a stalled write)."""
+        if self.cancelled:
+            return
+        if self.stopping is not None and ending.freezes and not force:
+            if not self.stopping.done():
+                self.ending = ending
+                self.stopping.set_result(None)
+            return
+        self.ending, self.cancelled = ending, True
+        self.task.cancel()
 
 
 CURRENT: contextvars.ContextVar[Tracked | None] = contextvars.ContextVar("seqserve_call", default=None)
@@ -158,11 +178,11 @@ class Calls:
             if all(t.health for t in self.live):
                 self.quiet.set()
 
-    def end(self, ending: Ending, health: bool) -> None:
-        """End every health watch (``health``) or every other call."""
+    def end(self, ending: Ending, health: bool, force: bool = False) -> None:
+        """End every health watch (``health``) or every other call (resumable streams freeze unless ``force``)."""
         for tracked in list(self.live):
             if tracked.health == health:
-                tracked.end(ending)
+                tracked.end(ending, force)
 
     async def settle(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every call but health watches to end; whether they did."""
@@ -189,6 +209,7 @@ class Call:
         self.results = 0
         self.streams = 0
         self.end_reason: str | None = None
+        self.freeze: Callable[[], Awaitable[None]] | None = None
 
     @property
     def labels(self) -> dict[str, str]:
@@ -221,10 +242,41 @@ class Call:
         if self.streams:
             self.metrics.active_streams.labels(**self.labels).dec(self.streams)
 
+    def resumable(self, freeze: Callable[[], Awaitable[None]]) -> None:
+        """From now on an ending that freezes (shutdown, maximum age) lets the stream reach a point where what it has
+        sent matches its state (``read`` and ``checkpoint``), where ``freeze`` sends its resume token."""
+        self.freeze = freeze
+        self.tracked.stopping = asyncio.get_running_loop().create_future()
+
+    async def checkpoint(self) -> None:
+        """Where a resumable stream may stop: if asked to, send the token and end (``Frozen``)."""
+        if self.tracked.stopping is not None and self.tracked.stopping.done():
+            await self.freeze()
+            # The token must reach the client even if its status does not: at shutdown the process exits right after
+            # the last call, and a proxy resets a stream whose data was still on its way (HAProxy, tests/test_replicas).
+            await asyncio.sleep(TOKEN_FLUSH_S)
+            raise Frozen
+
     async def read(self) -> Any:
-        """The next message of the client's stream, or ``None`` at its end."""
-        message = await self._bounded(self.context.read(), self.idle)
+        """The next message of the client's stream, or ``None`` at its end; a checkpoint while it waits."""
+        await self.checkpoint()
+        operation = self.context.read()
+        if self.tracked.stopping is not None:
+            operation = self._unless_stopped(operation)
+        message = await self._bounded(operation, self.idle)
         return None if message is grpc.aio.EOF else decoded(message, self.method)
+
+    async def _unless_stopped(self, operation: Awaitable[Any]) -> Any:
+        """``operation``'s result, or a checkpoint if the stream is asked to freeze first."""
+        reading = asyncio.ensure_future(operation)
+        try:
+            await asyncio.wait([reading, self.tracked.stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reading.done():
+                reading.cancel()
+        if reading.done() and not reading.cancelled():
+            return reading.result()
+        await self.checkpoint()
 
     async def write(self, message: Any, results: int = 1) -> None:
         """Send ``message``, which carries ``results`` tokens or steps. gRPC's flow control keeps what a client has
@@ -305,11 +357,13 @@ def rpc(method: str, protocol: str = SEQSERVE) -> Callable[[Handler], Handler]:
             call = Call(self.metrics, method, context, self.config, protocol)
             try:
                 result = await handler(self, request, context, call)
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as cancelled:
                 call.close()
                 ending = call.tracked.ending
                 if ending is not None:
-                    if ending is not SHUTDOWN:
+                    if isinstance(cancelled, Frozen):
+                        log.info("%s (%s): frozen into a resume token at %s", method, call.model, ending.reason)
+                    elif ending is not SHUTDOWN:
                         log.warning("%s (%s): %s", method, call.model, ending.message)
                     call.end_reason = ending.reason
                     call.finish(ending.code)

@@ -7,12 +7,14 @@ from protos.seqserve.v1 import sentiment_pb2_grpc
 from server.config import Config
 from server.metrics import Metrics
 from server.repository import Repository
+from server.resume import ResumeTokens, same_model
 from server.rpc import Call, resolve, rpc
 
 
 class SentimentService(sentiment_pb2_grpc.SentimentServicer):
     def __init__(self, repository: Repository, config: Config, metrics: Metrics) -> None:
         self.repository, self.config, self.metrics = repository, config, metrics
+        self.resume = ResumeTokens(config)
 
     @rpc("Classify")
     async def Classify(self, request: pb.ClassifyRequest, context, call: Call) -> pb.ClassifyResponse:
@@ -26,16 +28,35 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
 
     @rpc("StreamSentiment")
     async def StreamSentiment(self, requests, context, call: Call) -> None:
-        """One update per complete token."""
+        """One update per complete token; resume tokens when asked for and when the server ends the stream."""
         message = await call.read()
         if message is None:
             return
-        task = call.use(resolve(self.repository, message.model, "sentiment")).task
+        if message.resume_token:
+            served, resumed = self.resume.open(message.resume_token, self.repository, "sentiment")
+            same_model(message.model.name, served)
+        else:
+            served, resumed = resolve(self.repository, message.model, "sentiment"), None
+        task = call.use(served).task
         with task.stream() as stream:
+            if resumed is not None:
+                self.resume.thaw(stream, resumed)
             updates = stream.feed(message.text)  # the first chunk is checked before the stream counts as open
             call.stream_opened()
+            read = 0  # chunks whose updates are all out
+
+            async def send_token() -> None:
+                await call.write(pb.SentimentUpdate(resume_token=self.resume.freeze(served.model, stream, "sentiment"),
+                                                    chunks_read=read), 0)
+
+            if self.resume.enabled:
+                call.resumable(send_token)
             while message is not None:
                 await self._send(updates, task.labels, call)
+                read += 1
+                if message.want_resume_token:
+                    self.resume.require("want_resume_token")
+                    await send_token()
                 message = await call.read()
                 if message is not None:
                     updates = stream.feed(message.text)

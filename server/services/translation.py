@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from protos.seqserve.v1 import resume_pb2, translate_pb2_grpc
 from protos.seqserve.v1 import translate_pb2 as pb
-from protos.seqserve.v1 import translate_pb2_grpc
 from server.config import Config
+from server.errors import InputError, check_count
 from server.metrics import Metrics
-from server.repository import Repository
+from server.repository import Repository, Served
+from server.resume import ResumeTokens, same_model
 from server.rpc import Call, resolve, rpc
 from server.tasks.translation import Decoding, TranslationTask
 
@@ -19,24 +23,66 @@ def decoding(task: TranslationTask, options: pb.DecodeOptions) -> Decoding:
 class TranslationService(translate_pb2_grpc.TranslationServicer):
     def __init__(self, repository: Repository, config: Config, metrics: Metrics) -> None:
         self.repository, self.config, self.metrics = repository, config, metrics
+        self.resume = ResumeTokens(config)
 
     @rpc("Translate")
     async def Translate(self, request: pb.TranslateRequest, context, call: Call) -> None:
-        task = call.use(resolve(self.repository, request.model, "translation")).task
+        """Greedy streams are resumable: tokens every ``resume_every`` tokens and when the server ends the stream."""
+        resumed = None
+        if request.resume_token:
+            served, state = self.resume.open(request.resume_token, self.repository, "translation")
+            same_model(request.model.name, served)
+            resumed = state.translation
+        else:
+            served = resolve(self.repository, request.model, "translation")
+        task = call.use(served).task
         options = decoding(task, request.options)
-        with task.stream(request.text, options) as lease:
+        check_count("resume_every", request.resume_every, 0, self.config.max_decode_len)
+        if (resumed is not None or request.resume_every) and options.beam > 1:
+            raise InputError(f"options.beam is {options.beam}: only greedy translations (beam 1) resume")
+        if request.resume_every:
+            self.resume.require("resume_every")
+        if resumed is not None:
+            options = replace(options, max_length=resumed.max_length)
+            admitted = task.resumed_stream(options)
+        else:
+            admitted = task.stream(request.text, options)
+        with admitted as lease:
             call.stream_opened()
-            ids, chunks = task.decode(request.text, options, lease, options.per_update)
+            if resumed is not None:
+                ids, sent = list(resumed.source_ids), list(resumed.sent_ids)
+                chunks = task.resume(ids, sent, options, lease)
+            else:
+                (ids, chunks), sent = task.decode(request.text, options, lease, options.per_update), []
             piece = task.tokenizer.piece
-            source = [piece(i) for i in ids]
+            source = [] if resumed is not None else [piece(i) for i in ids]
+            covered = len(sent)  # tokens covered by the last resume token sent
+
+            def token() -> bytes:
+                return self._freeze(served, ids, sent, options)
+
+            async def send_token() -> None:
+                await call.write(pb.TranslateUpdate(resume_token=token()), 0)
+
+            if self.resume.enabled and options.beam == 1:
+                call.resumable(send_token)
             async for tokens in chunks:
+                sent += [t.token_id for t in tokens]
+                periodic = b""
+                if request.resume_every and len(sent) - covered >= request.resume_every:
+                    periodic, covered = token(), len(sent)
                 await call.write(pb.TranslateUpdate(
                     tokens=[pb.TranslateToken(piece=piece(t.token_id), token_id=t.token_id, log_prob=t.log_prob,
                                               attention=t.attention[: len(ids)].tolist()) for t in tokens],
-                    source_tokens=source), len(tokens))
+                    source_tokens=source, resume_token=periodic), len(tokens))
                 source = []
+                await call.checkpoint()
             if source:  # no token at all (max_length 1): the source pieces are sent all the same
                 await call.write(pb.TranslateUpdate(source_tokens=source), 0)
+
+    def _freeze(self, served: Served, ids: list[int], sent: list[int], options: Decoding) -> bytes:
+        state = resume_pb2.TranslationState(source_ids=ids, sent_ids=sent, max_length=options.max_length)
+        return self.resume.make(served.model, resume_pb2.ResumeState(translation=state))
 
     @rpc("TranslateBatch")
     async def TranslateBatch(self, request: pb.TranslateBatchRequest, context, call: Call

@@ -9,8 +9,9 @@ min(context, n - prefix)`` values; past it, each forecast median is fed back.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from contract.manifest import ForecastPreprocessing
 from server.config import Config
 from server.engine import ModelRunner
 from server.errors import InputError, check_count
+from server.graph import Arrays
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ class ForecastTask:
         with self.runner.open("step") as slots:
             yield Series(self, slots, history, max(start_month - 1, 0))
 
+    def resumed_series(self) -> AbstractContextManager[Series]:
+        """A stream for a resume token to ``thaw``: a placeholder history, every number of which the token sets."""
+        return self.series([1.0] * max(self.pre.min_history, self.pre.prefix + 1), 0)
+
 
 class Series:
     """One stream; see the module docstring. Positions count from the start of the window (the month of position 0
@@ -112,6 +118,18 @@ class Series:
         if unread > 0:
             del self.values[:unread]
             self.first += unread
+
+    FROZEN = ("values", "first", "next_target", "observed", "month0", "scale")
+
+    def frozen(self) -> tuple[Arrays, dict[str, Any]]:
+        """Between messages: the state slot and the stream's numbers, for a resume token (``thaw`` takes them)."""
+        return self.task.runner.pools["step"].snapshot(self.slots), {name: getattr(self, name) for name in self.FROZEN}
+
+    def thaw(self, state: Arrays, values: list[float], **numbers: Any) -> None:
+        self.task.runner.pools["step"].restore(self.slots, state)
+        self.values = list(values)
+        for name, value in numbers.items():
+            setattr(self, name, value)
 
     async def forecast(self, horizon: int, levels: list[int]) -> AsyncIterator[ForecastStep]:
         """``horizon`` steps past the last observation; the stream's state is left as it was."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from contract.words import IncrementalWords, WordTokenizer
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_texts
+from server.graph import Arrays
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,15 @@ class Stream:
 
     def finish(self) -> AsyncIterator[TokenUpdate]:
         return self._emit(self.words.flush())
+
+    def frozen(self) -> tuple[Arrays, dict[str, Any]]:
+        """Between chunks: the state slot and where the stream is, for a resume token (``thaw`` takes them)."""
+        where = {"position": self.position, "pending": self.words.pending, "skipping": self.words.skipping}
+        return self.task.runner.pools["step"].snapshot(self.slots), where
+
+    def thaw(self, state: Arrays, position: int, pending: str, skipping: bool) -> None:
+        self.task.runner.pools["step"].restore(self.slots, state)
+        self.position, self.words.pending, self.words.skipping = position, pending, skipping
 
     async def _emit(self, tokens: list[str]) -> AsyncIterator[TokenUpdate]:
         limit = self.task.config.max_stream_tokens

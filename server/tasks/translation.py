@@ -102,6 +102,12 @@ class TranslationTask:
         with slots.lease(rows) as lease:
             yield lease.split(count)
 
+    @contextmanager
+    def resumed_stream(self, decoding: Decoding, field: str = "resume_token") -> Iterator[Lease]:
+        """The stream slot of a translation resumed from a token (its text was checked when it began)."""
+        with self._admit(1, decoding, field) as [lease]:
+            yield lease
+
     def source(self, text: str) -> list[int]:
         return self.pre.output_length.source(self.tokenizer.encode(text), self.pre.source_suffix)
 
@@ -116,6 +122,29 @@ class TranslationTask:
         if decoding.beam == 1:
             return ids, self._greedy(inputs, limit, most, lease)
         return ids, self._at_the_end(self._beam(inputs, limit, decoding.beam, decoding.length_penalty, lease), most)
+
+    def resume(self, ids: list[int], sent: list[int], decoding: Decoding, lease: Lease) -> AsyncIterator[list[Token]]:
+        """A greedy translation of source ``ids`` continued after the tokens ``sent``, in ``lease``'s row: the
+        decoder reads the sent tokens again (teacher-forced), then picks as ``decode`` does, one token per list."""
+        inputs = {"src_ids": np.array([ids], dtype=np.int64), "src_lengths": np.array([len(ids)], dtype=np.int64)}
+        return self._replayed(inputs, self.pre.output_length.limit(len(ids), decoding.max_length), sent, lease)
+
+    async def _replayed(self, inputs: Arrays, limit: int, sent: list[int], lease: Lease
+                        ) -> AsyncIterator[list[Token]]:
+        sources = {"encoder": await self.runner.run("encoder", inputs)}
+        context = self.runner.graphs[STEP].stream_context(sources)
+        prev = np.array([self.pre.bos_id], dtype=np.int64)
+        with self.runner.state(STEP, lease, sources) as slots:
+            for t in range(limit):
+                out = await self.runner.run(STEP, {"prev_tokens": prev, **context}, slots)
+                if t < len(sent):
+                    prev = np.array([sent[t]], dtype=np.int64)
+                    continue
+                picked, [token], done = self.pick(out, np.array([t]), np.array([limit]))
+                if done[0]:
+                    return
+                yield [token]
+                prev = picked["prev_tokens"]
 
     async def translate(self, texts: list[str], decoding: Decoding, leases: list[Lease]) -> list[Translated]:
         """Whole translations; on a failure every other one is cancelled and its slots freed."""
