@@ -63,7 +63,8 @@ class Server:
         self.metrics = Metrics()
         self.models = repository.load(config, self.metrics)
         self.calls = Calls(config.max_stream_age_s)
-        self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)])
+        self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)],
+                                    options=[("grpc.max_receive_message_length", config.max_message_bytes)])
         for servicer, register, _ in SERVICES:
             register(servicer(self.models, config, self.metrics), self.grpc)
         self.kserve = KServeService(self.models, config, self.metrics)

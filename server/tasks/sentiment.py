@@ -1,4 +1,8 @@
-"""Sentiment: ``classify`` runs the ``sequence`` graph over a text, a ``Stream`` the ``step`` graph token by token."""
+"""Sentiment: ``classify`` runs the ``sequence`` graph over whole texts, a ``Stream`` the ``step`` graph token by token.
+
+Both read a text's tokens the same way (``contract.words.whole_tokens``, ``IncrementalWords``) up to the
+manifest's ``max_tokens``, so a whole-text classification equals the stream's last update.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.manifest import SentimentPreprocessing
-from contract.words import IncrementalWords, WordTokenizer
+from contract.words import IncrementalWords, WordTokenizer, padded_groups, whole_tokens
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_texts
@@ -19,8 +23,7 @@ from server.errors import InputError, check_texts
 class Classification:
     probabilities: list[float]
     label: str
-    tokens: int  # tokens read
-    truncated: bool  # the text had more than ``max_tokens``
+    tokens: int  # tokens read: all of the text's
 
 
 @dataclass(frozen=True)
@@ -41,24 +44,38 @@ class SentimentTask:
         self.tokenizer = WordTokenizer(runner.model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
 
     async def classify(self, texts: list[str], field: str = "texts") -> list[Classification]:
-        """Each text (at most ``max_texts`` of ``max_text_chars``) as in training: its first ``max_tokens`` tokens
-        through the ``sequence`` graph."""
+        """Each whole text (at most ``max_texts`` of ``max_text_chars`` characters and the manifest's ``max_tokens``
+        tokens) through the ``sequence`` graph; a request's texts by length in runs of at most ``max_batch_tokens``
+        padded tokens."""
         check_texts(field, texts, self.config.max_texts, self.config.max_text_chars)
-        return await gather_all(self._classify(text) for text in texts)
+        ids = [self.ids(f"{field}[{index}]", text) for index, text in enumerate(texts)]
+        results: dict[int, Classification] = {}
+        for group in padded_groups([len(i) for i in ids], self.config.max_batch_tokens):
+            results.update(zip(group, await gather_all(self._classify(ids[i]) for i in group), strict=True))
+        return [results[index] for index in range(len(ids))]
 
-    async def _classify(self, text: str) -> Classification:
-        ids = self.tokenizer.ids(self.tokenizer.tokens(text))
-        kept = ids[: self.pre.max_tokens]
-        out = await self.runner.run("sequence", {"ids": np.array([kept], dtype=np.int64),
-                                                 "lengths": np.array([len(kept)], dtype=np.int64)})
+    def ids(self, field: str, text: str) -> list[int]:
+        """The ids of a whole text's tokens; more than the manifest's ``max_tokens`` is an ``InputError``."""
+        tokens = whole_tokens(self.tokenizer, text, self.config.max_token_chars)
+        check_tokens(field, len(tokens), self.pre.max_tokens)
+        return self.tokenizer.ids(tokens)
+
+    async def _classify(self, ids: list[int]) -> Classification:
+        out = await self.runner.run("sequence", {"ids": np.array([ids], dtype=np.int64),
+                                                 "lengths": np.array([len(ids)], dtype=np.int64)})
         probs = out["probs"][0]
-        return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(kept), len(ids) > len(kept))
+        return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(ids))
 
     @contextmanager
     def stream(self) -> Iterator[Stream]:
         """A running classification holding one state slot until the block ends."""
         with self.runner.open("step") as slots:
             yield Stream(self, slots)
+
+
+def check_tokens(field: str, tokens: int, limit: int) -> None:
+    if tokens > limit:
+        raise InputError(f"{field} has {tokens} tokens, the limit is {limit} (the model's max_tokens)")
 
 
 class Stream:
@@ -80,9 +97,7 @@ class Stream:
         return self._emit(self.words.flush())
 
     async def _emit(self, tokens: list[str]) -> AsyncIterator[TokenUpdate]:
-        limit = self.task.config.max_stream_tokens
-        if self.position + len(tokens) > limit:
-            raise InputError(f"text: the stream exceeds {limit} tokens (max_stream_tokens)")
+        check_tokens("text: the stream", self.position + len(tokens), self.task.pre.max_tokens)
         for token, token_id in zip(tokens, self.task.tokenizer.ids(tokens), strict=True):
             out = await self.task.runner.run("step", {"ids": np.array([token_id], dtype=np.int64)}, self.slots)
             yield TokenUpdate(token, self.position, out["probs"][0].tolist())
