@@ -9,7 +9,10 @@ space within 50,000 characters. In one command, against ``python -m server`` on 
   read before issue 14);
 - ``StreamSentiment`` of the review in 4,096-character chunks (one update per token);
 - one ``Classify`` of five reviews (``max_batch_tokens`` groups them), and the server's peak
-  resident memory (``VmHWM``) after each part.
+  resident memory (``VmHWM``) after each part;
+- health checks from a second client, for ``--seconds``, idle and then while the first client sends
+  ``Classify`` requests of 70 reviews (3.3 MB) one after another: their median, 99th percentile and
+  maximum, so what a large request costs the other calls.
 
 Each time is the median of ``--repeats`` runs with its minimum and maximum.
 """
@@ -18,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
+import numpy as np
 
 from bench.load import serving
+from client import Client
 from contract.repository import load_repository
 from contract.words import tokenize
 from evaluate.check import DATA
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--seconds", type=float, default=10.0, help="of health checks, idle and under load")
     args = parser.parse_args(argv)
     text, snippet = review(args.data)
     first64 = " ".join(tokenize(text)[:64])
@@ -95,6 +102,41 @@ def main(argv: list[str] | None = None) -> None:
         show("StreamSentiment, the review", timed(stream, max(1, args.repeats // 3)))
         show("Classify, five reviews in one request", timed(classify(*[text] * 5), max(1, args.repeats // 3)))
         print(f"  server peak RSS {peak_mib(served.pid):.0f} MiB")
+        idle = health_during(served.target, lambda: time.sleep(0.05), args.seconds)
+        busy = health_during(served.target, classify(*[text] * 70), args.seconds)
+        for name, seconds in (("idle", idle), ("70-review Classify requests", busy)):
+            print(f"health, {name:28s} p50 {percentile(seconds, 50):6.1f} ms  p99 {percentile(seconds, 99):7.1f} ms  "
+                  f"max {max(seconds) * 1000:7.1f} ms  ({len(seconds)} checks)")
+        print(f"  ratios to idle: p50 {percentile(busy, 50) / percentile(idle, 50):.2f}, "
+              f"p99 {percentile(busy, 99) / percentile(idle, 99):.2f}")
+
+
+def percentile(seconds: list[float], q: float) -> float:
+    return float(np.percentile(seconds, q)) * 1000
+
+
+def health_during(target: str, load: Callable[[], object], seconds: float) -> list[float]:
+    """Health check latencies of a second client while ``load`` runs again and again for ``seconds``."""
+    stop, latencies = threading.Event(), []
+
+    def check() -> None:
+        with Client(target, timeout=120) as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                client.health()
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.005)
+
+    checker = threading.Thread(target=check)
+    checker.start()
+    try:
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            load()
+    finally:
+        stop.set()
+        checker.join()
+    return latencies
 
 
 if __name__ == "__main__":

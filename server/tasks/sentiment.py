@@ -6,6 +6,7 @@ manifest's ``max_tokens``, so a whole-text classification equals the stream's la
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +18,10 @@ from contract.words import IncrementalWords, WordTokenizer, padded_groups, whole
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_texts
+
+# A Classify request with more characters than this is tokenized in a thread, text by text, so that other calls go
+# on meanwhile (tokenizing takes about 0.5 ms per 1,000 characters; docs/sentiment.md).
+OFF_LOOP_CHARS = 16_384
 
 
 @dataclass(frozen=True)
@@ -48,17 +53,21 @@ class SentimentTask:
         tokens) through the ``sequence`` graph; a request's texts by length in runs of at most ``max_batch_tokens``
         padded tokens."""
         check_texts(field, texts, self.config.max_texts, self.config.max_text_chars)
-        ids = [self.ids(f"{field}[{index}]", text) for index, text in enumerate(texts)]
+        ids = (await asyncio.to_thread(self.all_ids, field, texts) if sum(map(len, texts)) > OFF_LOOP_CHARS
+               else self.all_ids(field, texts))
         results: dict[int, Classification] = {}
         for group in padded_groups([len(i) for i in ids], self.config.max_batch_tokens):
             results.update(zip(group, await gather_all(self._classify(ids[i]) for i in group), strict=True))
         return [results[index] for index in range(len(ids))]
 
-    def ids(self, field: str, text: str) -> list[int]:
-        """The ids of a whole text's tokens; more than the manifest's ``max_tokens`` is an ``InputError``."""
-        tokens = whole_tokens(self.tokenizer, text, self.config.max_token_chars)
-        check_tokens(field, len(tokens), self.pre.max_tokens)
-        return self.tokenizer.ids(tokens)
+    def all_ids(self, field: str, texts: list[str]) -> list[list[int]]:
+        """The ids of each whole text's tokens; a text over the manifest's ``max_tokens`` is an ``InputError``."""
+        ids = []
+        for index, text in enumerate(texts):
+            tokens = whole_tokens(self.tokenizer, text, self.config.max_token_chars)
+            check_tokens(f"{field}[{index}]", len(tokens), self.pre.max_tokens)
+            ids.append(self.tokenizer.ids(tokens))
+        return ids
 
     async def _classify(self, ids: list[int]) -> Classification:
         out = await self.runner.run("sequence", {"ids": np.array([ids], dtype=np.int64),
