@@ -36,16 +36,15 @@ from contract.words import tokenize
 from evaluate.check import DATA
 from evaluate.sentiment import sentiment_probs
 from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc
-from training.sentiment_data import long_texts, split_snippets
+from training.sentiment_data import review, split_snippets
 
 CHARS, CHUNK = 50_000, 4_096
 
 
-def review(data: Path) -> tuple[str, str]:
+def texts(data: Path) -> tuple[str, str]:
     """The review and a one-snippet text."""
     test = split_snippets(data / "sentiment" / "rotten_tomatoes_corpus_full.csv.bz2")["test"]
-    text = max(long_texts(test)["mixed_400"].texts, key=len)
-    return (text[: text.rfind(" ", 0, CHARS)] if len(text) > CHARS else text), test.texts[0]
+    return review(test, CHARS), test.texts[0]
 
 
 def timed(run: Callable[[], object], repeats: int) -> list[float]:
@@ -76,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--seconds", type=float, default=10.0, help="of health checks, idle and under load")
     args = parser.parse_args(argv)
-    text, snippet = review(args.data)
+    text, snippet = texts(args.data)
     first64 = " ".join(tokenize(text)[:64])
     model = max(load_repository(args.models)["sentiment"].items())[1]
     print(f"review: {len(text)} characters, {len(tokenize(text))} tokens; sentiment/{model.version}")

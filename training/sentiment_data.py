@@ -131,6 +131,13 @@ def long_texts(test: Split) -> dict[str, Split]:
     return out
 
 
+def review(test: Split, chars: int) -> str:
+    """The longest ``mixed_400`` text of the long-text set, cut at a space within ``chars`` characters: a whole review
+    for the server's tests and benchmark."""
+    text = max(long_texts(test)["mixed_400"].texts, key=len)
+    return text[: text.rfind(" ", 0, chars)] if len(text) > chars else text
+
+
 class Vocabulary:
     """Word to id; id 0 is padding and id 1 is ``<unk>`` for every unseen word."""
 
