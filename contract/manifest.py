@@ -161,7 +161,7 @@ class SentimentPreprocessing:
     lowercase: bool
     pad_id: int
     unk_id: int
-    max_tokens: int  # tokens that Classify reads
+    max_tokens: int  # tokens a text may have, Classify and StreamSentiment alike; a longer one is refused
     labels: tuple[str, ...]  # class index -> label; the last one is "positive"
 
     GRAPHS: ClassVar[Needs] = {"sequence": (("ids", "lengths"), ("probs",)), "step": (("ids",), ("probs",))}

@@ -11,6 +11,10 @@ import re
 from pathlib import Path
 
 TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]"
+# Tokens of one text that a sentiment model reads, Classify and StreamSentiment alike: export writes it into
+# the manifest (``preprocessing.max_tokens``). A 50,000-character review has about 9,000; docs/sentiment.md has
+# the accuracy by length and the cost of such a text.
+MAX_TOKENS = 12_000
 WHITESPACE = re.compile(r"\s")
 
 
@@ -37,6 +41,25 @@ class WordTokenizer:
 
     def ids(self, tokens: list[str]) -> list[int]:
         return [self.index.get(token, self.unk_id) for token in tokens]
+
+
+def whole_tokens(tokenizer: WordTokenizer, text: str, limit: int) -> list[str]:
+    """The tokens of a whole text as ``IncrementalWords`` emits them in any chunking (a token over ``limit``
+    characters cut), so that a whole-text score equals the stream's last one."""
+    words = IncrementalWords(tokenizer, limit)
+    return words.feed(text) + words.flush()
+
+
+def padded_groups(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices of ``lengths`` from the shortest, cut into groups whose size times their longest length stays
+    within ``budget`` (a group of one may exceed it)."""
+    groups: list[list[int]] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and (len(groups[-1]) + 1) * lengths[index] <= budget:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
 
 
 class IncrementalWords:

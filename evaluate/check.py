@@ -18,7 +18,7 @@ from evaluate.forecast import preprocessing as forecast_preprocessing
 from evaluate.sentiment import sentiment_probs
 from evaluate.translation import tokenizer, translation_greedy, translation_sources
 from training.forecast_data import HORIZON, load_panel, season_naive_mae
-from training.sentiment_data import split_snippets
+from training.sentiment_data import MIXED_SIZES, MOVIE_BUCKETS, Split, long_texts, split_snippets
 from training.translation_data import read_tsv
 
 DATA = Path("data")
@@ -33,17 +33,29 @@ class Tolerance:
         return value < recorded - self.amount if self.higher_is_better else value > recorded + self.amount
 
 
+LONG_TEXT = "long_text_accuracy_"  # + a bucket of the long-text set (training.sentiment_data.long_texts)
 TOLERANCE = {"test_accuracy": Tolerance(0.005, higher_is_better=True),
+             **{f"{LONG_TEXT}{bucket}": Tolerance(0.005, higher_is_better=True)
+                for bucket in (*(name for name, _, _ in MOVIE_BUCKETS), *(f"mixed_{n}" for n in MIXED_SIZES))},
              "test_mase": Tolerance(0.005, higher_is_better=False),
              **{f"test_greedy_bleu_{source}": Tolerance(0.5, higher_is_better=True)
                 for source in ("libreoffice_help", "ding", "gettext")}}
 
 
 def sentiment_accuracy(model: Model, data_dir: Path) -> dict[str, float]:
-    """Accuracy of the ``sequence`` graph on the recorded test split."""
+    """Accuracy of the ``sequence`` graph on the recorded test split, and on each bucket of the long-text set that
+    the manifest records a score for."""
     test = split_snippets(data_dir / "sentiment" / "rotten_tomatoes_corpus_full.csv.bz2")["test"]
-    probs = sentiment_probs(model, test.texts)
-    return {"test_accuracy": float((probs.argmax(-1) == test.labels).mean())}
+    scores = {"test_accuracy": accuracy(model, test)}
+    for bucket, texts in long_texts(test).items():
+        if f"{LONG_TEXT}{bucket}" in model.manifest.metrics:
+            scores[f"{LONG_TEXT}{bucket}"] = accuracy(model, texts)
+    return scores
+
+
+def accuracy(model: Model, split: Split, first: int | None = None) -> float:
+    """Of the ``sequence`` graph over whole texts, or over their ``first`` tokens."""
+    return float((sentiment_probs(model, split.texts, first).argmax(-1) == split.labels).mean())
 
 
 def forecast_mase(model: Model, data_dir: Path) -> dict[str, float]:

@@ -8,9 +8,10 @@ import numpy as np
 
 from contract.manifest import Reference, SentimentPreprocessing
 from contract.repository import Model
-from contract.words import WordTokenizer
+from contract.words import WordTokenizer, padded_groups
 
 STEP, SEQUENCE = "step", "sequence"
+BATCH_TOKENS = 65_536  # padded tokens per run of the sequence graph, as the server's default max_batch_tokens
 
 
 def preprocessing(model: Model) -> SentimentPreprocessing:
@@ -28,18 +29,23 @@ def sentiment_ids(model: Model, texts: list[str]) -> list[list[int]]:
     return [words.ids(words.tokens(text)) for text in texts]
 
 
-def sentiment_probs(model: Model, texts: list[str]) -> np.ndarray:
-    """Class probabilities ``[N, labels]`` from the ``sequence`` graph, as training scores a text: its
-    first ``max_tokens`` tokens (a text without any reads as one unknown word), all texts in one batch."""
+def sentiment_probs(model: Model, texts: list[str], first: int | None = None) -> np.ndarray:
+    """Class probabilities ``[N, labels]`` from the ``sequence`` graph over each whole text, as ``Classify`` reads
+    it (or its ``first`` tokens only: what ``Classify`` read before issue 14), in runs of at most ``BATCH_TOKENS``
+    padded tokens. A text without tokens reads as one unknown word; one over ``max_tokens`` is a ``ValueError``."""
     pre = preprocessing(model)
-    if not texts:
-        return np.zeros((0, len(pre.labels)), dtype=np.float32)
-    encoded = [ids[: pre.max_tokens] or [pre.unk_id] for ids in sentiment_ids(model, texts)]
-    lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
-    ids = np.full((len(encoded), int(lengths.max())), pre.pad_id, dtype=np.int64)
-    for row, tokens in enumerate(encoded):
-        ids[row, : len(tokens)] = tokens
-    (probs,) = model.sessions[SEQUENCE].run(["probs"], {"ids": ids, "lengths": lengths})
+    encoded = [ids[:first] or [pre.unk_id] for ids in sentiment_ids(model, texts)]
+    longest = max(map(len, encoded), default=0)
+    if longest > pre.max_tokens:
+        raise ValueError(f"{model.name}/{model.version}: a text has {longest} tokens, more than max_tokens "
+                         f"{pre.max_tokens}")
+    probs = np.zeros((len(texts), len(pre.labels)), dtype=np.float32)
+    for group in padded_groups([len(ids) for ids in encoded], BATCH_TOKENS):
+        lengths = np.array([len(encoded[i]) for i in group], dtype=np.int64)
+        ids = np.full((len(group), int(lengths.max())), pre.pad_id, dtype=np.int64)
+        for row, index in enumerate(group):
+            ids[row, : lengths[row]] = encoded[index]
+        probs[group] = model.sessions[SEQUENCE].run(["probs"], {"ids": ids, "lengths": lengths})[0]
     return probs
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract.words import MAX_TOKENS
 from export.onnx_io import export_graph, write_manifest
 from training.cells import Recurrent
 from training.sentiment import Config, SentimentModel
@@ -115,7 +116,7 @@ def export(checkpoint: Path, out_dir: Path, metrics: dict[str, Any]) -> Path:
             "lowercase": True,
             "pad_id": vocab.index[PAD],
             "unk_id": vocab.index[UNK],
-            "max_tokens": cfg.max_tokens,
+            "max_tokens": MAX_TOKENS,
             "labels": list(LABELS),
         },
         "model": {"cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "embed": cfg.embed, "pool": cfg.pool,

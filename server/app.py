@@ -71,8 +71,9 @@ class Server:
         self.models = repository.load(config, self.metrics)
         self.reloader = Reloader(self.models, config, self.metrics)
         self.calls = Calls(config.max_stream_age_s)
-        # A worker (workers > 1) shares the port with the others: SO_REUSEPORT, which spreads connections among them.
-        options = [("grpc.so_reuseport", 1)] if config.workers > 1 else None
+        options = [("grpc.max_receive_message_length", config.max_message_bytes)]
+        if config.workers > 1:  # a worker shares the port with the others: SO_REUSEPORT spreads connections among them
+            options.append(("grpc.so_reuseport", 1))
         self.grpc = grpc.aio.server(interceptors=[Interceptor(self.calls, self.tokens, self.metrics)], options=options)
         extra = {ModelsService: {"reloader": self.reloader}}
         for servicer, register, _ in SERVICES:

@@ -68,9 +68,15 @@ class Config:
     drain_s: float = 2.0  # on SIGTERM, health says NOT_SERVING this long before calls are refused
     grace_s: float = 10.0  # then open calls get this long to finish
     max_texts: int = 256  # texts per Classify / TranslateBatch
-    max_text_chars: int = 5000  # characters per text or chunk
+    # A whole review: the longest text of the long-text set has 48,000 (docs/sentiment.md). Its tokens are
+    # limited by the model's manifest (max_tokens).
+    max_text_chars: int = 50_000  # characters per text or chunk
     max_token_chars: int = 100  # StreamSentiment: a longer token (an unknown word) is cut
-    max_stream_tokens: int = 2048  # tokens per StreamSentiment stream
+    # The sequence graph took about 10 KB per padded token (rows x longest text) on CPU: 65,536 is about
+    # 650 MB, five 50,000-character reviews in one run (docs/sentiment.md).
+    max_batch_tokens: int = 65_536  # Classify: padded tokens per run of one request's texts
+    # gRPC's own default, stated: 80 reviews of 50,000 characters per Classify (docs/server.md, Limits).
+    max_message_bytes: int = 4 * 1024 * 1024  # largest request message a client may send
     max_history: int = 10000  # values per forecast history
     max_horizon: int = 120  # forecast steps per request
     max_decode_len: int = 200  # translation output tokens
@@ -102,7 +108,8 @@ RANGES: dict[str, tuple[float, float | None]] = {
     "idle_timeout_s": (0.001, None), "sequence_idle_timeout_s": (0.001, None), "write_timeout_s": (0.001, None),
     "max_stream_age_s": (0.001, None),
     "drain_s": (0, None), "grace_s": (0, None), "max_texts": (1, None), "max_text_chars": (1, None),
-    "max_token_chars": (1, None), "max_stream_tokens": (1, None), "max_history": (1, None), "max_horizon": (1, None),
+    "max_token_chars": (1, None), "max_batch_tokens": (1, None), "max_message_bytes": (1024, 2**31 - 1),
+    "max_history": (1, None), "max_horizon": (1, None),
     "max_decode_len": (1, None), "max_beam": (1, None), "reload_interval_s": (0, 86400),
     "resume_token_ttl_s": (1, None), "max_resume_token_bytes": (1024, None),
 }
@@ -153,7 +160,10 @@ HELP = {
     "max_texts": "texts per Classify or TranslateBatch request",
     "max_text_chars": "characters per text, or per chunk of a stream",
     "max_token_chars": "StreamSentiment: a longer token (an unknown word) is cut; more than any vocabulary word",
-    "max_stream_tokens": "tokens per StreamSentiment stream",
+    "max_batch_tokens": "Classify: padded tokens (texts x the longest one's tokens) per graph run of one request; "
+                        "its texts run shortest first in groups within it (tokens per text: the manifest's max_tokens)",
+    "max_message_bytes": "the largest request message in bytes (gRPC's max receive length); a larger one gets "
+                         "RESOURCE_EXHAUSTED",
     "max_history": "values per forecast history",
     "max_horizon": "forecast steps per request",
     "max_decode_len": "translation output tokens at most",

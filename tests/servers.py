@@ -8,14 +8,18 @@ CA, a server certificate and a client certificate for TLS tests.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import datetime
 import ipaddress
+import json
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -35,6 +39,24 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
 CONFIG = Config(models=str(MODELS), host="127.0.0.1", port=0, metrics_port=0, max_streams=80, idle_timeout_s=2.0,
                 max_text_chars=500, max_texts=8, max_horizon=24, grace_s=1.0, drain_s=0.0)
+
+
+def sentiment_limited(max_tokens: int) -> Path:
+    """A repository like ``MODELS`` whose sentiment models read at most ``max_tokens`` tokens (copied, their manifests
+    rewritten; the other models linked), in a temporary folder removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="seqserve-models-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    for model in MODELS.iterdir():
+        if model.name != "sentiment":
+            (root / model.name).symlink_to(model.resolve())
+            continue
+        for version in model.iterdir():
+            shutil.copytree(version, root / model.name / version.name)
+            manifest_path = root / model.name / version.name / "manifest.json"
+            manifest = json.loads(manifest_path.read_text())
+            manifest["preprocessing"]["max_tokens"] = max_tokens
+            manifest_path.write_text(json.dumps(manifest))
+    return root
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

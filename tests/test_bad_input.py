@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from servers import CONFIG, MODELS, Running, wait_for
+from servers import CONFIG, MODELS, Running, sentiment_limited, wait_for
 
 from client import Client
 from protos.seqserve.v1 import common_pb2, forecast_pb2, sentiment_pb2, translate_pb2
@@ -26,8 +26,9 @@ from protos.seqserve.v1 import common_pb2, forecast_pb2, sentiment_pb2, translat
 pytestmark = pytest.mark.skipif(not all((MODELS / m).is_dir() for m in ("sentiment", "forecast", "translation")),
                                 reason=f"the bad-input table needs every shipped model in {MODELS}")
 
-SERVER_CONFIG = replace(CONFIG, max_streams=40, max_beam=8, max_texts=8, max_text_chars=500, max_history=100,
-                max_stream_tokens=50, idle_timeout_s=1.0)
+# The sentiment model reads at most 50 tokens here (its manifest's max_tokens), so the token limits are cheap to reach.
+SERVER_CONFIG = replace(CONFIG, models=str(sentiment_limited(50)), max_streams=40, max_beam=8, max_texts=8,
+                        max_text_chars=500, max_history=100, idle_timeout_s=1.0)
 HISTORY = [100 + 10 * math.sin(i / 2) for i in range(48)]
 HUGE = "m" * 100_000  # a name of 100 KB: the message must not echo it
 CORRUPT = b"\x0a\xff\xff\xff\xff"  # a length-delimited field whose length runs past the end
@@ -127,6 +128,9 @@ CASES: dict[str, Case] = {
     "classify second text empty": Case(lambda c: c.classify(["ok", ""]), IA, ("texts[1] is empty",), "Classify"),
     "classify text too long": Case(lambda c: c.classify(["x" * 501]), IA,
                                    ("texts[0] has 501 characters", "the limit is 500"), "Classify"),
+    "classify too many tokens": Case(lambda c: c.classify(["ok", "good " * 51]), IA,
+                                     ("texts[1] has 51 tokens", "the limit is 50 (the model's max_tokens)"),
+                                     "Classify"),
     "classify too many texts": Case(lambda c: c.classify(["ok"] * 9), IA,
                                     ("texts (their number) is 9", "between 1 and 8"), "Classify"),
     "classify no text": Case(lambda c: c.classify([]), IA, ("texts (their number) is 0",), "Classify"),
@@ -149,7 +153,8 @@ CASES: dict[str, Case] = {
     "stream later chunk too long": Case(sentiment_stream("good ", "x" * 501), IA, ("text has 501 characters",),
                                         "StreamSentiment", opened=True),
     "stream too many tokens": Case(sentiment_stream("good " * 30, "bad " * 30), IA,
-                                   ("exceeds 50 tokens", "max_stream_tokens"), "StreamSentiment", opened=True),
+                                   ("the stream has 60 tokens", "the limit is 50 (the model's max_tokens)"),
+                                   "StreamSentiment", opened=True),
     "stream unknown model": Case(sentiment_stream("good", model="nope"), NF, ("model.name 'nope' is not loaded",),
                                  "StreamSentiment"),
     "stream no model": Case(sentiment_stream("good", model=""), NF, ("model.name '' is not loaded",),

@@ -19,6 +19,30 @@ def test_every_numeric_option_has_a_range() -> None:
     assert sorted(RANGES) == sorted(NUMERIC)
 
 
+def documented(value: object) -> str:
+    """A default as docs/server.md writes it: ``none`` for an empty string, no ``.0`` on a whole number."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return f"`{value}`" if value != "" else "none"
+
+
+def test_the_configuration_table_in_docs_lists_every_option_with_its_default() -> None:
+    """docs/server.md is the one place the limits are documented: its table names every option and its default."""
+    text = (ROOT / "docs" / "server.md").read_text().split("## Configuration", 1)[1].split("\n\n`python -m server")[0]
+    table = {}
+    for row in text.splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            names, defaults = cells[0].split(" / "), cells[1].split(" / ")
+            table |= dict(zip((n.strip("`") for n in names), defaults * len(names) if len(defaults) == 1 else defaults,
+                              strict=True))
+    assert sorted(table) == sorted(f.name for f in fields(Config))
+    for f in fields(Config):
+        assert table[f.name].strip("`") == documented(f.default).strip("`"), f.name
+
+
 @pytest.mark.parametrize("name", NUMERIC)
 def test_an_option_out_of_its_range_is_named(name: str) -> None:
     low, high = RANGES[name]

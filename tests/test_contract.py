@@ -7,6 +7,7 @@ Every field of every shipped manifest is deleted in turn: a required one must fa
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import random
 import re
@@ -22,7 +23,7 @@ from contract.forecast import decode, encode, fit_scale, step_inputs
 from contract.manifest import ManifestError, parse_manifest
 from contract.repository import read_manifest
 from contract.translation import Beam, OutputLength, greedy_tokens
-from contract.words import TOKEN_PATTERN, IncrementalWords, WordTokenizer
+from contract.words import TOKEN_PATTERN, IncrementalWords, WordTokenizer, padded_groups, whole_tokens
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TASKS = ("sentiment", "forecast", "translation")
@@ -238,7 +239,7 @@ def test_incremental_words_equal_the_whole_text_in_any_chunking_and_hold_little(
             start += size
             assert len(words.pending) <= limit + 1  # the held text is bounded, whatever arrives
         tokens += words.flush()
-        assert tokens == reference_words(tokenizer, text, limit), text
+        assert tokens == reference_words(tokenizer, text, limit) == whole_tokens(tokenizer, text, limit), text
     assert reference_words(tokenizer, "It's good", 8) == tokenizer.tokens("It's good")  # no cut: the training rule
 
 
@@ -249,3 +250,20 @@ def test_incremental_words_hold_nothing_of_an_endless_word_or_of_spaces(tmp_path
     assert words.feed("a" * 5000) == ["a" * 100 + "…"]
     assert all(words.feed("a" * 5000) == [] and words.pending == "" for _ in range(300))
     assert words.feed(" great film") == ["great"] and words.flush() == ["film"]
+
+
+def test_padded_groups_cover_every_text_once_within_the_budget() -> None:
+    rng = random.Random(0)
+    for _ in range(500):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(0, 40))]
+        budget = rng.randint(1, 2000)
+        groups = padded_groups(lengths, budget)
+        assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+        for group in groups:
+            assert len(group) == 1 or len(group) * max(lengths[i] for i in group) <= budget
+        # shortest first, and a group takes the next text whenever it fits
+        order = [lengths[i] for group in groups for i in group]
+        assert order == sorted(order)
+        for group, after in itertools.pairwise(groups):
+            assert (len(group) + 1) * lengths[after[0]] > budget
+    assert padded_groups([5, 1, 5, 3], 10) == [[1, 3], [0, 2]]

@@ -95,3 +95,16 @@ def test_sentiment_step_graph_ends_where_the_sequence_graph_does() -> None:
     running = sentiment_running(model, texts)
     assert [len(r) for r in running] == [11, 1, 9]
     np.testing.assert_allclose(np.stack([r[-1] for r in running]), sentiment_probs(model, texts), atol=1e-5)
+
+
+def test_sentiment_probs_read_whole_texts_up_to_max_tokens() -> None:
+    model = load_model(MODELS / "sentiment" / "1")
+    texts = [" ".join(["A tedious, overlong mess."] * 40), "Warm, funny and wise: see it. " * 30, "great"]
+    running = sentiment_running(model, texts)
+    assert [len(r) for r in running] == [240, 270, 1]  # past the 64 tokens that training read
+    np.testing.assert_allclose(np.stack([r[-1] for r in running]), sentiment_probs(model, texts), atol=1e-5)
+    first = sentiment_probs(model, texts, first=64)
+    np.testing.assert_allclose(first[:2], np.stack([r[63] for r in running[:2]]), atol=1e-5)
+    limit = model.manifest.preprocessing.max_tokens
+    with pytest.raises(ValueError, match=f"a text has {limit + 1} tokens, more than max_tokens {limit}"):
+        sentiment_probs(model, ["!" * (limit + 1)])

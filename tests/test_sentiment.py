@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from training import sentiment
 from training.sentiment import Config, SentimentModel, encode_batch
-from training.sentiment_data import Vocabulary, load_snippets, split_snippets
+from training.sentiment_data import Vocabulary, load_snippets, long_texts, split_snippets
 
 
 def corpus(data_dir: Path) -> Path:
@@ -93,3 +93,29 @@ def test_final_logits_equal_the_running_logits_at_each_length() -> None:
     lengths = torch.tensor([6, 3, 1, 5])
     per_token = model.logits_per_token(ids)
     torch.testing.assert_close(model(ids, lengths), per_token[torch.arange(4), lengths - 1])
+
+
+def test_long_texts_are_frozen_and_come_from_the_test_split_only(data_dir: Path) -> None:
+    splits = split_snippets(corpus(data_dir))
+    test = splits["test"]
+    sets = long_texts(test)
+    assert list(sets) == ["movie_1", "movie_2-4", "movie_5-7", "mixed_10", "mixed_30", "mixed_100", "mixed_400"]
+    assert [len(s.texts) for s in sets.values()] == [264, 305, 35, 120, 120, 120, 120]
+    label_of = dict(zip(test.texts, test.labels.tolist(), strict=True))
+    train = set(splits["train"].texts)
+    for name, split in sets.items():
+        for text, label in zip(split.texts, split.labels.tolist(), strict=True):
+            # every text is test snippets of its label, joined by spaces: greedily match them from the start
+            rest, snippets = text, 0
+            while rest:
+                snippet = next(s for s in label_of if rest.startswith(s) and rest[len(s):len(s) + 1] in ("", " "))
+                assert label_of[snippet] == label and snippet not in train
+                rest, snippets = rest[len(snippet) + 1:], snippets + 1
+            if name.startswith("mixed_"):
+                assert snippets == int(name.removeprefix("mixed_"))
+    movies = sets["movie_5-7"]
+    assert all(len(set(m for m, t in zip(test.movies, test.texts, strict=True) if t in text)) == 1
+               for text in movies.texts[:5])
+    again = long_texts(split_snippets(corpus(data_dir))["test"])
+    assert all(again[name].texts == sets[name].texts for name in sets)
+    assert 40_000 < np.mean([len(text) for text in sets["mixed_400"].texts]) < 50_000  # review-length texts

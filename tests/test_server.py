@@ -83,8 +83,10 @@ def test_classify(client: Client) -> None:
     assert [r.label for r in response.results][:2] == ["fresh", "rotten"]
     for result in response.results:
         assert math.isclose(sum(result.probabilities), 1.0, rel_tol=1e-5)
-    long = client.classify([" ".join(["good"] * 100)]).results[0]
-    assert long.truncated and long.tokens == 64
+    text = " ".join(["good"] * 100)
+    long = client.classify([text]).results[0]
+    assert long.tokens == 100  # the whole text, not the 64 tokens that training read
+    assert math.isclose(long.probabilities[-1], list(client.stream_sentiment([text]))[-1].positive, abs_tol=1e-5)
 
 
 def test_stream_sentiment_holds_split_words(client: Client) -> None:

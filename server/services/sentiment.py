@@ -23,7 +23,7 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
         call.emitted(sum(r.tokens for r in results))
         return pb.ClassifyResponse(model=served.model.name, version=served.model.version, labels=served.task.labels,
                                    results=[pb.Classification(probabilities=r.probabilities, label=r.label,
-                                                              tokens=r.tokens, truncated=r.truncated)
+                                                              tokens=r.tokens)
                                             for r in results])
 
     @rpc("StreamSentiment")

@@ -1,7 +1,12 @@
-"""Sentiment: ``classify`` runs the ``sequence`` graph over a text, a ``Stream`` the ``step`` graph token by token."""
+"""Sentiment: ``classify`` runs the ``sequence`` graph over whole texts, a ``Stream`` the ``step`` graph token by token.
+
+Both read a text's tokens the same way (``contract.words.whole_tokens``, ``IncrementalWords``) up to the
+manifest's ``max_tokens``, so a whole-text classification equals the stream's last update.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -10,19 +15,22 @@ from typing import Any
 import numpy as np
 
 from contract.manifest import SentimentPreprocessing
-from contract.words import IncrementalWords, WordTokenizer
+from contract.words import IncrementalWords, WordTokenizer, padded_groups, whole_tokens
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_texts
 from server.graph import Arrays
+
+# A Classify request with more characters than this is tokenized in a thread, text by text, so that other calls go
+# on meanwhile (tokenizing takes about 0.5 ms per 1,000 characters; docs/sentiment.md).
+OFF_LOOP_CHARS = 16_384
 
 
 @dataclass(frozen=True)
 class Classification:
     probabilities: list[float]
     label: str
-    tokens: int  # tokens read
-    truncated: bool  # the text had more than ``max_tokens``
+    tokens: int  # tokens read: all of the text's
 
 
 @dataclass(frozen=True)
@@ -43,24 +51,42 @@ class SentimentTask:
         self.tokenizer = WordTokenizer(runner.model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
 
     async def classify(self, texts: list[str], field: str = "texts") -> list[Classification]:
-        """Each text (at most ``max_texts`` of ``max_text_chars``) as in training: its first ``max_tokens`` tokens
-        through the ``sequence`` graph."""
+        """Each whole text (at most ``max_texts`` of ``max_text_chars`` characters and the manifest's ``max_tokens``
+        tokens) through the ``sequence`` graph; a request's texts by length in runs of at most ``max_batch_tokens``
+        padded tokens."""
         check_texts(field, texts, self.config.max_texts, self.config.max_text_chars)
-        return await gather_all(self._classify(text) for text in texts)
+        ids = (await asyncio.to_thread(self.all_ids, field, texts) if sum(map(len, texts)) > OFF_LOOP_CHARS
+               else self.all_ids(field, texts))
+        results: dict[int, Classification] = {}
+        for group in padded_groups([len(i) for i in ids], self.config.max_batch_tokens):
+            results.update(zip(group, await gather_all(self._classify(ids[i]) for i in group), strict=True))
+        return [results[index] for index in range(len(ids))]
 
-    async def _classify(self, text: str) -> Classification:
-        ids = self.tokenizer.ids(self.tokenizer.tokens(text))
-        kept = ids[: self.pre.max_tokens]
-        out = await self.runner.run("sequence", {"ids": np.array([kept], dtype=np.int64),
-                                                 "lengths": np.array([len(kept)], dtype=np.int64)})
+    def all_ids(self, field: str, texts: list[str]) -> list[list[int]]:
+        """The ids of each whole text's tokens; a text over the manifest's ``max_tokens`` is an ``InputError``."""
+        ids = []
+        for index, text in enumerate(texts):
+            tokens = whole_tokens(self.tokenizer, text, self.config.max_token_chars)
+            check_tokens(f"{field}[{index}]", len(tokens), self.pre.max_tokens)
+            ids.append(self.tokenizer.ids(tokens))
+        return ids
+
+    async def _classify(self, ids: list[int]) -> Classification:
+        out = await self.runner.run("sequence", {"ids": np.array([ids], dtype=np.int64),
+                                                 "lengths": np.array([len(ids)], dtype=np.int64)})
         probs = out["probs"][0]
-        return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(kept), len(ids) > len(kept))
+        return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(ids))
 
     @contextmanager
     def stream(self) -> Iterator[Stream]:
         """A running classification holding one state slot until the block ends."""
         with self.runner.open("step") as slots:
             yield Stream(self, slots)
+
+
+def check_tokens(field: str, tokens: int, limit: int) -> None:
+    if tokens > limit:
+        raise InputError(f"{field} has {tokens} tokens, the limit is {limit} (the model's max_tokens)")
 
 
 class Stream:
@@ -91,9 +117,7 @@ class Stream:
         self.position, self.words.pending, self.words.skipping = position, pending, skipping
 
     async def _emit(self, tokens: list[str]) -> AsyncIterator[TokenUpdate]:
-        limit = self.task.config.max_stream_tokens
-        if self.position + len(tokens) > limit:
-            raise InputError(f"text: the stream exceeds {limit} tokens (max_stream_tokens)")
+        check_tokens("text: the stream", self.position + len(tokens), self.task.pre.max_tokens)
         for token, token_id in zip(tokens, self.task.tokenizer.ids(tokens), strict=True):
             out = await self.task.runner.run("step", {"ids": np.array([token_id], dtype=np.int64)}, self.slots)
             yield TokenUpdate(token, self.position, out["probs"][0].tolist())
