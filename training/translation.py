@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from training.translation_data import (
     load_sentencepiece,
     train_sentencepiece,
 )
+from training.translation_init import load_version
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -68,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="warm start from a shipped version (models/translation/<v>): its weights, architecture and"
+        " spm.model; its validation BLEU is scored as epoch 0, the score to beat",
+    )
     return p.parse_args(argv)
 
 
@@ -225,21 +233,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"translation: pairs per source and split {sizes}")
 
     spm_path = out / "spm.model"
-    if not (args.resume and spm_path.exists()):
+    if args.init:
+        model, init_spm = load_version(args.init)
+        shutil.copyfile(init_spm, spm_path)
+        config = model.config
+    elif not (args.resume and spm_path.exists()):
         train_sentencepiece([t for pair in train_pairs for t in pair], out / "spm", args.vocab_size)
     encoder = Encoder(spm_path)
     examples = [(encoder.source(s), encoder.target(t)) for s, t in train_pairs]
     examples = [e for e in examples if len(e[0]) <= args.max_tokens and len(e[1]) <= args.max_tokens + 1]
 
-    config = Seq2SeqConfig(
-        vocab_size=encoder.sp.get_piece_size(),
-        emb=args.emb,
-        hidden=args.hidden,
-        attention=args.attention,
-        attention_dim=args.attention_dim,
-        dropout=args.dropout,
-    )
-    model = Seq2Seq(config)
+    if not args.init:
+        config = Seq2SeqConfig(
+            vocab_size=encoder.sp.get_piece_size(),
+            emb=args.emb,
+            hidden=args.hidden,
+            attention=args.attention,
+            attention_dim=args.attention_dim,
+            dropout=args.dropout,
+        )
+        model = Seq2Seq(config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"translation: {len(examples)} training pairs, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -257,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
         history, epoch_scores = ckpt["history"], ckpt["epoch_scores"]
         first_epoch = ckpt["epoch"] + 1
         print(f"translation: resumed after epoch {ckpt['epoch']}")
+    elif args.init:
+        # Epoch 0 is the warm-start version itself: a later epoch is kept only if it beats it.
+        epoch_scores[0] = validation_bleu(model, encoder, valid, args)
+        stopper.improved(epoch_scores[0], 0)
+        torch.save(model.state_dict(), out / "epoch0.pt")
+        torch.save(model.state_dict(), out / "best.pt")
+        print(f"translation: {args.init} scores valid BLEU {epoch_scores[0]:.2f} (epoch 0)")
 
     rng = random.Random(args.seed)
     for epoch in range(first_epoch, args.epochs + 1):

@@ -35,12 +35,14 @@ from training.common import split_indices
 
 Pair = tuple[str, str]
 
-SOURCES = ("ding", "libreoffice_help", "gettext")
+SOURCES = ("ding", "libreoffice_help", "gettext", "gnome_help", "app_gettext")
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 DING_FILE = "ding/usr/share/trans/de-en"
 HELP_DIR = "libreoffice_help/usr/share/libreoffice/help"
 MO_DIR = "gettext"
+MALLARD_DIR = "gnome/usr/share/help"
+APP_MO_DIR = "gnome/usr/share/locale/de"
 MIN_WORDS, MAX_WORDS, MAX_RATIO = 3, 30, 2.5
 
 # Special ids of every subword model; the decoder starts from BOS and stops at EOS.
@@ -240,6 +242,63 @@ def extract_gettext(mo_dir: Path) -> Extraction:
     return Extraction(_filter(candidates, counts), counts)
 
 
+# --- GNOME Mallard help -----------------------------------------------------------------------
+
+_MALLARD_BLOCKS = frozenset({"title", "desc", "p"})
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def mallard_blocks(path: Path) -> list[tuple[str, str]]:
+    """``(tag, text)`` of every ``<title>``, ``<desc>``, ``<p>`` of a page, in document order.
+
+    The ``<info>`` header is skipped except its ``<desc>`` (translator credits live there).
+    """
+    import xml.etree.ElementTree as ET
+
+    blocks: list[tuple[str, str]] = []
+
+    def walk(element: ET.Element, in_info: bool) -> None:
+        tag = _local(element.tag)
+        if tag in _MALLARD_BLOCKS and (not in_info or tag == "desc"):
+            blocks.append((tag, "".join(element.itertext())))
+            return
+        for child in element:
+            walk(child, in_info or tag == "info")
+
+    walk(ET.parse(path).getroot(), False)
+    return blocks
+
+
+def mallard_candidates(help_dir: Path, counts: dict[str, int]) -> Iterator[Pair]:
+    """Pairs by position between ``C/<app>/*.page`` and ``de/<app>/*.page``.
+
+    A page is used only when both versions have the same sequence of block tags; otherwise the
+    positions cannot be trusted and the page is counted in ``pages_misaligned``.
+    """
+    counts["pages"] = counts["pages_without_german"] = counts["pages_misaligned"] = 0
+    for en_file in sorted((help_dir / "C").rglob("*.page")):
+        de_file = help_dir / "de" / en_file.relative_to(help_dir / "C")
+        if not de_file.exists():
+            counts["pages_without_german"] += 1
+            continue
+        counts["pages"] += 1
+        en_blocks, de_blocks = mallard_blocks(en_file), mallard_blocks(de_file)
+        if [t for t, _ in en_blocks] != [t for t, _ in de_blocks]:
+            counts["pages_misaligned"] += 1
+            continue
+        for (_, en), (_, de) in zip(en_blocks, de_blocks, strict=True):
+            yield en, de
+
+
+def extract_mallard(help_dir: Path) -> Extraction:
+    counts: dict[str, int] = {}
+    candidates = list(mallard_candidates(help_dir, counts))
+    return Extraction(_filter(candidates, counts), counts)
+
+
 def extract_source(name: str, data_dir: Path) -> Extraction:
     root = data_dir / "translation"
     if name == "ding":
@@ -248,6 +307,10 @@ def extract_source(name: str, data_dir: Path) -> Extraction:
         return extract_help(root / HELP_DIR)
     if name == "gettext":
         return extract_gettext(root / MO_DIR)
+    if name == "gnome_help":
+        return extract_mallard(root / MALLARD_DIR)
+    if name == "app_gettext":
+        return extract_gettext(root / APP_MO_DIR)
     raise ValueError(f"unknown source {name!r}; choose from {SOURCES}")
 
 
