@@ -24,9 +24,9 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
     async def Translate(self, request: pb.TranslateRequest, context, call: Call) -> None:
         task = call.use(resolve(self.repository, request.model, "translation")).task
         options = decoding(task, request.options)
-        with task.stream(request.text, options) as lease:
-            call.stream_opened()
-            ids, chunks = task.decode(request.text, options, lease, options.per_update)
+        with task.stream(request.text, options) as paragraph:
+            call.stream_opened(len(paragraph.leases))
+            ids, chunks = task.decode(paragraph, options, options.per_update)
             piece = task.tokenizer.piece
             source = [piece(i) for i in ids]
             async for tokens in chunks:
@@ -35,17 +35,16 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
                                               attention=t.attention[: len(ids)].tolist()) for t in tokens],
                     source_tokens=source), len(tokens))
                 source = []
-            if source:  # no token at all (max_length 1): the source pieces are sent all the same
-                await call.write(pb.TranslateUpdate(source_tokens=source), 0)
+            await call.write(pb.TranslateUpdate(source_tokens=source, text=paragraph.text()), 0)
 
     @rpc("TranslateBatch")
     async def TranslateBatch(self, request: pb.TranslateBatchRequest, context, call: Call
                              ) -> pb.TranslateBatchResponse:
         task = call.use(resolve(self.repository, request.model, "translation")).task
         options, texts = decoding(task, request.options), list(request.texts)
-        with task.batch(texts, options) as leases:
-            call.stream_opened(len(leases))
-            translations = await task.translate(texts, options, leases)
+        with task.batch(texts, options) as paragraphs:
+            call.stream_opened(sum(len(p.leases) for p in paragraphs))
+            translations = await task.translate(paragraphs, options)
         call.emitted(sum(len(t.token_ids) for t in translations))
         return pb.TranslateBatchResponse(translations=[
             pb.Translated(text=t.text, token_ids=t.token_ids, log_prob=t.log_prob) for t in translations])
