@@ -407,7 +407,8 @@ def test_cancelling_a_stream_frees_every_slot_of_it(triton_client: triton.Infere
                                          sequence_start=True)
     for _ in range(3):
         stream.result()
-    long = "Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard. " * 3
+    clause = "Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard"
+    long = ", and ".join([clause] * 3) + "."  # one sentence: one slot
     triton_client.async_stream_infer("translation", [text_input(long)], request_id="long")
     stream.result()  # its first token: it is decoding now
     assert running.in_use() == 4

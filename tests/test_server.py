@@ -22,6 +22,7 @@ from servers import CONFIG, MODELS, Running, wait_for
 from client import Client
 from client.__main__ import main as cli
 from contract.repository import load_model
+from contract.segments import split_sentences
 from contract.sessions import providers
 from evaluate import forecast_quantiles, translation_greedy, translation_sources
 from protos.seqserve.v1 import (
@@ -364,12 +365,15 @@ def test_translate(client: Client) -> None:
 
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
 def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running: Running, data_dir: Path) -> None:
-    """Real test sentences: the server's greedy tokens = the reference runtime's ORT loop; 8 at once = each alone."""
+    """Real test texts: the server's greedy tokens = the reference runtime's ORT loop over the text's sentences;
+    8 at once = each alone."""
     pairs = [p for source in ("libreoffice_help", "ding")
              for p in read_tsv(data_dir / "translation" / "pairs" / f"{source}.test.tsv")[:4]]
     texts = [source for source, _ in pairs]
     model = load_model(MODELS / "translation" / "1")
-    expected = translation_greedy(model, translation_sources(model, texts))
+    sentences = [[s for s, _ in split_sentences(text)] for text in texts]  # the server translates them one by one
+    expected = [[i for ids in translation_greedy(model, translation_sources(model, parts)) for i in ids]
+                for parts in sentences]
 
     def translate(text: str) -> list[tuple[int, float]]:
         with Client(running.target, timeout=30) as client:

@@ -264,11 +264,13 @@ async def _next(queue: asyncio.Queue[list[Token] | None], task: asyncio.Future[N
     if queue.empty() and task.done():
         task.result()  # raises its error; a task that ended well has left None in the queue
     getter = asyncio.ensure_future(queue.get())
-    await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
-    if not getter.done() and (task.cancelled() or task.exception() is not None):
+    try:
+        await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done() and (task.cancelled() or task.exception() is not None):
+            task.result()
+        return await getter
+    finally:
         getter.cancel()
-        task.result()
-    return await getter
 
 
 def _placed(attention: np.ndarray, start: int, total: int) -> np.ndarray:
