@@ -2,6 +2,7 @@
 
     python -m evaluate.copy_spans build [--data data]     # writes evaluate/copy_spans.tsv (once)
     python -m evaluate.copy_spans score models/translation/1 [--data data]
+    python -m evaluate.copy_spans splits models/translation/1 [--data data]   # BLEU on every test split
 
 **The set** (``build``, frozen in ``evaluate/copy_spans.tsv``): every pair of the ``test`` and then the
 ``valid`` splits of each translation source (in ``training.translation_data.SOURCES`` order, file order
@@ -12,7 +13,8 @@ are added; ``score`` reports the test part separately. The file is written once 
 **The score**: a span counts as reproduced when the translation contains its text verbatim (a text
 that occurs twice in the source must occur twice). Greedy decoding, raw (``Subwords.decode``) and with
 ``contract.segments.restore_spans`` after ``split_sentences`` (as the server does); BLEU against the
-references for both.
+references for both. ``splits`` compares the two ways on the whole test split of every source, so that
+the method is seen not to cost BLEU where there is nothing to copy.
 """
 
 from __future__ import annotations
@@ -94,9 +96,26 @@ def score(model: Model, rows: list[tuple[str, Pair]]) -> dict[str, dict[str, flo
     return results
 
 
+def splits(model: Model, data_dir: Path) -> dict[str, dict[str, float]]:
+    """Greedy BLEU and chrF of every source's test split, as decoded and as served (``translate``)."""
+    import sacrebleu
+
+    results = {}
+    for source in SOURCES:
+        pairs = read_tsv(data_dir / "translation" / "pairs" / f"{source}.test.tsv")
+        refs = [[de for _, de in pairs]]
+        raw, served = translate(model, [en for en, _ in pairs])
+        results[source] = {"pairs": len(pairs)} | {
+            f"{label}_{name}": round(metric(outputs, refs).score, 2)
+            for label, outputs in (("raw", raw), ("served", served))
+            for name, metric in (("bleu", sacrebleu.corpus_bleu), ("chrf", sacrebleu.corpus_chrf))
+        }
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m evaluate.copy_spans", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["build", "score"])
+    parser.add_argument("command", choices=["build", "score", "splits"])
     parser.add_argument("model", type=Path, nargs="?", help="a version folder, e.g. models/translation/1")
     parser.add_argument("--data", type=Path, default=Path("data"))
     args = parser.parse_args(argv)
@@ -105,8 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{SET}: {len(rows)} sentences, {sum(len(find_spans(en)) for _, (en, _) in rows)} spans")
         return
     if args.model is None:
-        parser.error("score needs a model folder")
-    for part, row in score(load_model(args.model), rows).items():
+        parser.error(f"{args.command} needs a model folder")
+    model = load_model(args.model)
+    found = score(model, rows) if args.command == "score" else splits(model, args.data)
+    for part, row in found.items():
         print(f"{args.model} {part}: {row}")
 
 
