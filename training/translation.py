@@ -7,7 +7,9 @@ training split and saved as ``<out>/spm.model``. The model is ``training.seq2seq
 Training sorts pairs into length buckets, uses label smoothing and Adam with the learning rate
 halved when validation BLEU (greedy) stalls, and stops early on it. A checkpoint is written every
 epoch (``last.pt``, resumable with ``--resume``); the end of training averages the best
-``--average`` epochs when that helps on validation. The test splits are then decoded greedily and
+``--average`` epochs when that helps on validation. ``--init models/translation/1`` warm-starts from a
+shipped version (its weights read back from the ONNX graphs, its ``spm.model``), scored on validation as
+epoch 0; ``--batches-per-epoch`` makes an epoch a slice of a pass (a checkpoint more often). The test splits are then decoded greedily and
 with beam search: ``metrics.json`` holds sacreBLEU BLEU and chrF per source, and
 ``attention_*.png`` show a few attention matrices.
 """
