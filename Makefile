@@ -49,7 +49,12 @@ train-forecast: data
 	$(PY) -m training forecast --out runs/forecast
 
 train-translation: data
-	$(PY) -m training translation --out runs/translation
+	$(PY) -m training translation --sources ding libreoffice_help gettext --out runs/translation
+
+# Version 2: version 1 warm-started on all five sources (docs/translation.md, "Version 2").
+train-translation-v2: data
+	$(PY) -m training translation --init models/translation/1 --out runs/translation-v2 --lr 1e-3 \
+		--batches-per-epoch 80 --valid-size 150 --patience 6 --epochs EPOCHS_V2
 
 # Train with the full settings and export every model into the shipped repository, models/.
 # Each export runs in its own process (see export/__main__.py).

@@ -1,17 +1,18 @@
 """``python -m training translation``: English→German with attention, trained on real sentence pairs.
 
-Data: the Ding, LibreOffice-help and gettext pairs (``training.translation_data``), or any
-``--tsv`` files of ``source<TAB>target`` pairs. One joint sentencepiece model is trained on the
-training split and saved as ``<out>/spm.model``. The model is ``training.seq2seq.Seq2Seq``.
+Data: the built-in pairs (``training.translation_data``: Ding, LibreOffice help and gettext, GNOME
+help and application gettext; ``--sources`` picks some), or any ``--tsv`` files of
+``source<TAB>target`` pairs. One joint sentencepiece model is trained on the training split and
+saved as ``<out>/spm.model``. The model is ``training.seq2seq.Seq2Seq``.
 
 Training sorts pairs into length buckets, uses label smoothing and Adam with the learning rate
 halved when validation BLEU (greedy) stalls, and stops early on it. A checkpoint is written every
 epoch (``last.pt``, resumable with ``--resume``); the end of training averages the best
-``--average`` epochs when that helps on validation. ``--init models/translation/1`` warm-starts from a
-shipped version (its weights read back from the ONNX graphs, its ``spm.model``), scored on validation as
-epoch 0; ``--batches-per-epoch`` makes an epoch a slice of a pass (a checkpoint more often). The test splits are then decoded greedily and
-with beam search: ``metrics.json`` holds sacreBLEU BLEU and chrF per source, and
-``attention_*.png`` show a few attention matrices.
+``--average`` epochs when that helps on validation. ``--init models/translation/1`` warm-starts
+from a shipped version (its weights read back from the ONNX graphs, its ``spm.model``), scored on
+validation as epoch 0; ``--batches-per-epoch`` makes an epoch a slice of a pass (a checkpoint more
+often). The test splits are then decoded greedily and with beam search: ``metrics.json`` holds
+sacreBLEU BLEU and chrF per source, and ``attention_*.png`` show a few attention matrices.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from training.translation_data import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    SOURCES,
     UNK_ID,
     Pair,
     load_corpus,
@@ -48,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/translation"))
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--tsv", type=Path, nargs="+", help="train on these source<TAB>target files instead")
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="the built-in sources to use")
     p.add_argument("--vocab-size", type=int, default=4000, help="joint sentencepiece vocabulary")
     p.add_argument("--emb", type=int, default=256)
     p.add_argument("--hidden", type=int, default=256)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    corpus, counts = load_corpus(args.data_dir, args.tsv, args.seed)
+    corpus, counts = load_corpus(args.data_dir, args.tsv, args.seed, tuple(args.sources))
     if args.max_train_pairs:
         for splits in corpus.values():
             splits["train"] = splits["train"][: args.max_train_pairs]

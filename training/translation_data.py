@@ -36,6 +36,7 @@ from training.common import split_indices
 Pair = tuple[str, str]
 
 SOURCES = ("ding", "libreoffice_help", "gettext", "gnome_help", "app_gettext")
+SOURCES_V1 = SOURCES[:3]  # what translation version 1 was trained on (``--sources`` reproduces it)
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 DING_FILE = "ding/usr/share/trans/de-en"
@@ -353,13 +354,14 @@ def split_pairs(name: str, pairs_dir: Path, make_pairs: Callable[[], list[Pair]]
 
 
 def load_corpus(
-    data_dir: Path, tsv_files: list[Path] | None = None, seed: int = 0
+    data_dir: Path, tsv_files: list[Path] | None = None, seed: int = 0, sources: tuple[str, ...] = SOURCES
 ) -> tuple[dict[str, dict[str, list[Pair]]], dict[str, dict[str, int]]]:
     """Splits per source: the built-in English→German sources, or the given TSV files.
 
-    Returns ``({source: {split: pairs}}, {source: filter counts})``. Built-in extraction counts
-    are cached in ``<data>/translation/pairs/counts.json``. Training pairs whose source sentence
-    appears in any evaluation split (of any source) are removed, so the union has no leak.
+    Returns ``({source: {split: pairs}}, {source: filter counts})`` of the built-in ``sources``.
+    Built-in extraction counts are cached in ``<data>/translation/pairs/counts.json``. Training
+    pairs whose source sentence appears in any evaluation split (of any loaded source) are removed,
+    so the union has no leak.
     """
     pairs_dir = data_dir / "translation" / "pairs"
     counts_path = pairs_dir / "counts.json"
@@ -369,7 +371,7 @@ def load_corpus(
         for path in tsv_files:
             corpus[path.stem] = split_pairs(path.stem, path.parent / "splits", lambda p=path: read_tsv(p), seed)
     else:
-        for name in SOURCES:
+        for name in sources:
 
             def extract(name: str = name) -> list[Pair]:
                 extraction = extract_source(name, data_dir)
