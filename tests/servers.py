@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from contract.repository import Model, load_model
 from server.app import Server
 from server.config import Config
 
@@ -35,6 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(os.environ.get("SEQSERVE_TEST_MODELS", ROOT / "models"))
 CONFIG = Config(models=str(MODELS), host="127.0.0.1", port=0, metrics_port=0, max_streams=80, idle_timeout_s=2.0,
                 max_text_chars=500, max_texts=8, max_horizon=24, grace_s=1.0, drain_s=0.0)
+
+
+def newest_translation() -> Model:
+    """The translation version that a request without a version gets (the newest)."""
+    return load_model(max((MODELS / "translation").iterdir(), key=lambda path: int(path.name)))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -9,10 +9,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from servers import CONFIG, MODELS
+from servers import CONFIG, MODELS, newest_translation
 
 from client import Client
-from contract.repository import load_model
 from contract.segments import find_spans, split_sentences
 from evaluate.translation import translation_greedy, translation_sources
 
@@ -26,7 +25,7 @@ PARAGRAPH = f"{SENTENCES[0]} {SENTENCES[1]}\n{SENTENCES[2]}"
 def test_a_paragraph_is_translated_sentence_by_sentence_in_order(client: Client) -> None:
     """Each sentence's tokens equal the reference runtime's for that sentence alone, in order; the attention of
     each token covers its own sentence's source ids among all of them; the text keeps the line break."""
-    model = load_model(MODELS / "translation" / "1")
+    model = newest_translation()  # what a request without a version gets
     sources = translation_sources(model, SENTENCES)
     expected = translation_greedy(model, sources)
     updates = list(client.translate(PARAGRAPH, max_tokens_per_message=3))
@@ -60,7 +59,7 @@ def test_an_800_word_text_is_not_cut(client: Client, data_dir: Path) -> None:
         words += len(source.split())
     text = " ".join(chosen)
     [translated] = client.translate_batch([text]).translations
-    model = load_model(MODELS / "translation" / "1")
+    model = newest_translation()  # what a request without a version gets
     sentences = [sentence for sentence, _ in split_sentences(text)]
     assert len(sentences) > 40 and sum(map(len, translation_sources(model, sentences))) > 1000
     expected = translation_greedy(model, translation_sources(model, sentences))
