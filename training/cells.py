@@ -118,7 +118,9 @@ class Recurrent(nn.Module):
     every layer, each tensor shaped ``[num_layers, batch, hidden]`` like ``torch.nn``.
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> None:
+    def __init__(
+        self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {sorted(CELLS)}, got {cell!r}")

@@ -228,12 +228,8 @@ def train(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
     for epoch in epochs:
         model.train()
         epoch_start, total, count = time.time(), 0.0, 0
-        bar = tqdm(
-            batches(splits["train"], cfg.batch_size, rng),
-            desc=f"epoch {epoch + 1}",
-            leave=False,
-            total=-(-len(splits["train"].texts) // cfg.batch_size),
-        )
+        bar = tqdm(batches(splits["train"], cfg.batch_size, rng), desc=f"epoch {epoch + 1}", leave=False,
+                   total=-(-len(splits["train"].texts) // cfg.batch_size))
         for texts, labels in bar:
             ids, lengths = encode_batch(vocab, texts, cfg.max_tokens)
             loss = F.cross_entropy(model(ids, lengths), labels)
@@ -250,9 +246,8 @@ def train(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
         history["validation accuracy"].append(validation["accuracy"])
         if stopper.improved(validation["accuracy"], epoch):
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        epochs.set_postfix(
-            loss=f"{total / count:.4f}", val_acc=f"{validation['accuracy']:.4f}", best=f"{stopper.best:.4f}"
-        )
+        epochs.set_postfix(loss=f"{total / count:.4f}", val_acc=f"{validation['accuracy']:.4f}",
+                           best=f"{stopper.best:.4f}")
         if stopper.should_stop:
             break
 
@@ -300,7 +295,5 @@ def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
     metrics = train(cfg, out)
     baseline = metrics["tfidf_baseline"]
-    print(
-        f"test accuracy {metrics['test_accuracy']:.4f}  macro-F1 {metrics['test_macro_f1']:.4f}  "
-        f"(TF-IDF+LR {baseline['accuracy']:.4f})  -> {out}"
-    )
+    print(f"test accuracy {metrics['test_accuracy']:.4f}  macro-F1 {metrics['test_macro_f1']:.4f}  "
+          f"(TF-IDF+LR {baseline['accuracy']:.4f})  -> {out}")
