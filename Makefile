@@ -9,7 +9,7 @@ DEV := $(VENV)/.dev
 STAMP := $(VENV)/.installed
 BUILD := pyproject.toml setup.py $(wildcard protos/seqserve/v1/*.proto)
 
-.PHONY: serve bench soak replicas protos install data test lint image test-deploy train-sentiment compare-sentiment train-forecast train-translation models check-models clean
+.PHONY: serve bench soak replicas protos install data test lint image test-deploy train-sentiment compare-sentiment train-forecast train-translation train-translation-v2 models check-models clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,14 +50,20 @@ train-forecast: data
 	$(PY) -m training forecast --out runs/forecast
 
 train-translation: data
-	$(PY) -m training translation --out runs/translation
+	$(PY) -m training translation --sources ding libreoffice_help gettext --out runs/translation
+
+# Version 2: version 1 warm-started on all five sources (docs/translation.md, "Version 2").
+train-translation-v2: data
+	$(PY) -m training translation --init models/translation/1 --out runs/translation-v2 --lr 1e-3 \
+		--batches-per-epoch 80 --valid-size 150 --patience 6 --epochs 8 --threads 1
 
 # Train with the full settings and export every model into the shipped repository, models/.
 # Each export runs in its own process (see export/__main__.py).
-models: train-sentiment train-forecast train-translation
+models: train-sentiment train-forecast train-translation train-translation-v2
 	$(PY) -m export sentiment --checkpoint runs/sentiment/model.pt --out models
 	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models
 	$(PY) -m export translation --checkpoint runs/translation/model.pt --out models
+	$(PY) -m export translation --checkpoint runs/translation-v2/model.pt --out models --version 2
 
 # Score the shipped ONNX models on their test splits (the reference runtime, evaluate/: no torch).
 check-models: data

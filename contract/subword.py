@@ -34,6 +34,18 @@ class Subwords:
     def encode(self, text: str) -> list[int]:
         return self.processor.encode(text)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """``encode`` and each piece's character range in ``text`` (the library reports bytes)."""
+        pieces = self.processor.encode(text, out_type="proto").pieces
+        chars = [0] * (len(text.encode("utf-8")) + 1)
+        position = 0
+        for index, char in enumerate(text):
+            size = len(char.encode("utf-8"))
+            chars[position : position + size] = [index] * size
+            position += size
+        chars[position] = len(text)
+        return [p.id for p in pieces], [(chars[p.begin], chars[p.end]) for p in pieces]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``: control ids (pad, BOS, EOS) are dropped, ``unk`` reads `` ⁇ ``, no leading space."""
         return self.processor.decode([int(token_id) for token_id in ids])

@@ -19,6 +19,7 @@ from evaluate.sentiment import sentiment_probs
 from evaluate.translation import tokenizer, translation_greedy, translation_sources
 from training.forecast_data import HORIZON, load_panel, season_naive_mae
 from training.sentiment_data import MIXED_SIZES, MOVIE_BUCKETS, Split, long_texts, split_snippets
+from training.translation_data import SOURCES as TRANSLATION_SOURCES
 from training.translation_data import read_tsv
 
 DATA = Path("data")
@@ -39,7 +40,7 @@ TOLERANCE = {"test_accuracy": Tolerance(0.005, higher_is_better=True),
                 for bucket in (*(name for name, _, _ in MOVIE_BUCKETS), *(f"mixed_{n}" for n in MIXED_SIZES))},
              "test_mase": Tolerance(0.005, higher_is_better=False),
              **{f"test_greedy_bleu_{source}": Tolerance(0.5, higher_is_better=True)
-                for source in ("libreoffice_help", "ding", "gettext")}}
+                for source in TRANSLATION_SOURCES}}
 
 
 def sentiment_accuracy(model: Model, data_dir: Path) -> dict[str, float]:

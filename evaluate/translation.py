@@ -131,20 +131,29 @@ def greedy_steps(model: Model, sources: list[list[int]], cap: int | None = None,
 
 
 def translation_greedy(model: Model, sources: list[list[int]], batch_size: int = 64) -> list[list[int]]:
-    """Greedy output ids per source (EOS dropped): ``training/seq2seq.greedy_decode`` with the two graphs.
+    """Greedy output ids per source (EOS dropped): ``training/seq2seq.greedy_decode`` with the two graphs."""
+    return [ids for ids, _ in translation_greedy_aligned(model, sources, batch_size)]
+
+
+def translation_greedy_aligned(model: Model, sources: list[list[int]], batch_size: int = 64
+                               ) -> list[tuple[list[int], list[int]]]:
+    """Greedy output ids per source (EOS dropped) and, per output id, the source position its attention weighs
+    most (``contract.segments.restore_spans``).
 
     Sources run in batches of ``batch_size`` of similar length (``greedy_steps``); batching does not
     change the tokens.
     """
     eos = preprocessing(model).eos_id
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    results: list[list[int]] = [[] for _ in sources]
+    results: list[tuple[list[int], list[int]]] = [([], []) for _ in sources]
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         for step in greedy_steps(model, [sources[i] for i in chunk]):
-            for row, token in zip(step.rows.tolist(), step.tokens.tolist(), strict=True):
+            aligned = step.attention.argmax(-1).tolist()
+            for row, token, position in zip(step.rows.tolist(), step.tokens.tolist(), aligned, strict=True):
                 if token != eos:
-                    results[chunk[row]].append(token)
+                    results[chunk[row]][0].append(token)
+                    results[chunk[row]][1].append(position)
     return results
 
 

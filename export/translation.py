@@ -24,13 +24,12 @@ from contract.translation import OutputLength
 from export.onnx_io import describe_graph, export_graph, write_manifest
 from export.subword import check_subwords
 from training.seq2seq import Seq2Seq, Seq2SeqConfig
-from training.translation_data import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from training.translation_data import BOS_ID, EOS_ID, PAD_ID, SOURCES, UNK_ID
 
 ENCODER_OUTPUTS = ["encoder_outputs", "keys", "mask", "state"]
 STEP_INPUTS = ["prev_tokens", "state", "encoder_outputs", "keys", "mask"]
 STEP_OUTPUTS = ["log_probs", "new_state", "attention"]
 PER_SOURCE = ("encoder_outputs", "keys", "mask", "attention")
-SOURCES = ("libreoffice_help", "ding", "gettext")
 
 
 class Encoder(nn.Module):

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from contract.repository import Model, load_model
 from server.app import Server
 from server.config import Config
 
@@ -57,6 +58,11 @@ def sentiment_limited(max_tokens: int) -> Path:
             manifest["preprocessing"]["max_tokens"] = max_tokens
             manifest_path.write_text(json.dumps(manifest))
     return root
+
+
+def newest_translation() -> Model:
+    """The translation version that a request without a version gets (the newest)."""
+    return load_model(max((MODELS / "translation").iterdir(), key=lambda path: int(path.name)))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -207,7 +207,13 @@ def test_every_declared_field_matches_tritonclients_descriptors() -> None:
 # --- server, models, metadata -------------------------------------------------------------------------------------
 
 
-def test_liveness_readiness_and_server_metadata(triton_client: triton.InferenceServerClient) -> None:
+def versions(repository: Path, name: str) -> list[str]:
+    """The versions of a model in the repository, as KServe names them (oldest first)."""
+    return sorted((p.name for p in (repository / name).iterdir() if p.name.isdigit()), key=int)
+
+
+def test_liveness_readiness_and_server_metadata(triton_client: triton.InferenceServerClient,
+                                                repository: Path) -> None:
     assert triton_client.is_server_live() and triton_client.is_server_ready()
     for name in (*SHIPPED, "gru"):
         assert triton_client.is_model_ready(name) and triton_client.is_model_ready(name, "1")
@@ -216,7 +222,7 @@ def test_liveness_readiness_and_server_metadata(triton_client: triton.InferenceS
     assert metadata.name == "seqserve" and "sequence" in metadata.extensions
     index = triton_client.get_model_repository_index()
     assert sorted((m.name, m.version, m.state) for m in index.models) == sorted(
-        (name, "1", "READY") for name in (*SHIPPED, "gru"))
+        (name, version, "READY") for name in (*SHIPPED, "gru") for version in versions(repository, name))
 
 
 def test_metadata_and_config_of_every_model_come_from_its_manifest(triton_client: triton.InferenceServerClient,
@@ -239,7 +245,8 @@ def test_metadata_and_config_of_every_model_come_from_its_manifest(triton_client
     }
     for name, (inputs, outputs) in expected.items():
         metadata = triton_client.get_model_metadata(name)
-        assert (metadata.name, list(metadata.versions), metadata.platform) == (name, ["1"], "seqserve")
+        assert (metadata.name, list(metadata.versions), metadata.platform) == (name, versions(repository, name),
+                                                                                "seqserve")
         assert tensors(metadata.inputs) == inputs and tensors(metadata.outputs) == outputs, name
         config = triton_client.get_model_config(name).config
         assert config.name == name and [i.name for i in config.input] == list(inputs)
@@ -407,7 +414,8 @@ def test_cancelling_a_stream_frees_every_slot_of_it(triton_client: triton.Infere
                                          sequence_start=True)
     for _ in range(3):
         stream.result()
-    long = "Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard. " * 3
+    clause = "Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard"
+    long = ", and ".join([clause] * 3) + "."  # one sentence: one slot
     triton_client.async_stream_infer("translation", [text_input(long)], request_id="long")
     stream.result()  # its first token: it is decoding now
     assert running.in_use() == 4

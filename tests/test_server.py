@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from servers import CONFIG, MODELS, Running, wait_for
+from servers import CONFIG, MODELS, Running, newest_translation, wait_for
 
 from client import Client
 from client.__main__ import main as cli
 from contract.repository import load_model
+from contract.segments import split_sentences
 from contract.sessions import providers
 from evaluate import forecast_quantiles, translation_greedy, translation_sources
 from protos.seqserve.v1 import (
@@ -346,15 +347,17 @@ def test_forecast_equals_the_numpy_rollout(client: Client, data_dir: Path) -> No
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
 def test_translate(client: Client) -> None:
     updates = list(client.translate("The file could not be opened."))
-    assert all(len(u.tokens) == 1 for u in updates) and len(updates[0].source_tokens) >= 2
-    assert not any(u.source_tokens for u in updates[1:])
+    assert all(len(u.tokens) == 1 for u in updates[:-1]) and len(updates[0].source_tokens) >= 2
+    assert not any(u.source_tokens for u in updates[1:]) and not updates[-1].tokens  # the last carries the text
+    assert not any(u.text for u in updates[:-1]) and updates[-1].text
     tokens = [t for u in updates for t in u.tokens]
     packed = list(client.translate("The file could not be opened.", max_tokens_per_message=4))
-    assert all(1 <= len(u.tokens) <= 4 for u in packed)
+    assert all(1 <= len(u.tokens) <= 4 for u in packed[:-1])
     assert [t for u in packed for t in u.tokens] == tokens
     assert all(math.isclose(sum(t.attention), 1.0, rel_tol=1e-4) for t in tokens)
     batch = client.translate_batch(["The file could not be opened."])
     assert list(batch.translations[0].token_ids) == [t.token_id for t in tokens]
+    assert batch.translations[0].text == updates[-1].text
     beam = list(client.translate("The file could not be opened.", beam=4))
     assert beam
     with pytest.raises(grpc.RpcError) as error:
@@ -364,12 +367,15 @@ def test_translate(client: Client) -> None:
 
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
 def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running: Running, data_dir: Path) -> None:
-    """Real test sentences: the server's greedy tokens = the reference runtime's ORT loop; 8 at once = each alone."""
+    """Real test texts: the server's greedy tokens = the reference runtime's ORT loop over the text's sentences;
+    8 at once = each alone."""
     pairs = [p for source in ("libreoffice_help", "ding")
              for p in read_tsv(data_dir / "translation" / "pairs" / f"{source}.test.tsv")[:4]]
     texts = [source for source, _ in pairs]
-    model = load_model(MODELS / "translation" / "1")
-    expected = translation_greedy(model, translation_sources(model, texts))
+    model = newest_translation()  # what a request without a version gets
+    sentences = [[s for s, _ in split_sentences(text)] for text in texts]  # the server translates them one by one
+    expected = [[i for ids in translation_greedy(model, translation_sources(model, parts)) for i in ids]
+                for parts in sentences]
 
     def translate(text: str) -> list[tuple[int, float]]:
         with Client(running.target, timeout=30) as client:
@@ -393,11 +399,11 @@ def test_translate_equals_the_numpy_greedy_decode_alone_and_concurrently(running
 def test_translate_cancel_frees_the_generator_slot(running: Running) -> None:
     """A greedy stream cancelled mid-way leaves the generator's batch and gives its slot back.
 
-    The text is long (about 120 output tokens), so the stream is still decoding when the cancel
-    arrives, even on a loaded machine.
+    The text is one long sentence (about 120 output tokens), so the stream is still decoding when the
+    cancel arrives, even on a loaded machine.
     """
-    text = " ".join(["Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard."]
-                    * 5)
+    clause = "Select the cells that you want to copy, then choose Edit - Copy to put them on the clipboard"
+    text = ", and ".join([clause] * 4) + "."
 
     async def cancel_midway() -> None:
         async with grpc.aio.insecure_channel(running.target) as channel:

@@ -25,6 +25,38 @@ DEBIAN_PACKAGES = {
     "ding": ["trans-de-en"],
     "libreoffice_help": ["libreoffice-help-en-us", "libreoffice-help-de"],
     "gettext": ["libreoffice-l10n-de"],
+    # GNOME applications (no games: their catalogues are an outside test): Mallard help pages
+    # (``usr/share/help/{C,de}``) for ``gnome_help`` and ``de`` catalogues for ``app_gettext``.
+    "gnome": [
+        "gnome-user-docs",
+        "evince-common",
+        "gedit-common",
+        "eog",
+        "gnome-calculator",
+        "baobab",
+        "gnome-system-monitor",
+        "file-roller",
+        "totem-common",
+        "gnome-disk-utility",
+        "cheese-common",
+        "rhythmbox-data",
+        "gnome-logs",
+        "simple-scan",
+        "gnome-clocks",
+        "gnome-terminal-data",
+        "gnome-control-center-data",
+        "nautilus-data",
+        "gnome-font-viewer",
+        "seahorse",
+        "gnome-contacts",
+        "gnome-weather",
+        "gnome-characters",
+        "zenity-common",
+        "gnome-software-common",
+        "brasero-common",
+        "gnome-maps",
+        "shotwell-common",
+    ],
 }
 
 

@@ -1,21 +1,25 @@
 """``python -m training translation``: English→German with attention, trained on real sentence pairs.
 
-Data: the Ding, LibreOffice-help and gettext pairs (``training.translation_data``), or any
-``--tsv`` files of ``source<TAB>target`` pairs. One joint sentencepiece model is trained on the
-training split and saved as ``<out>/spm.model``. The model is ``training.seq2seq.Seq2Seq``.
+Data: the built-in pairs (``training.translation_data``: Ding, LibreOffice help and gettext, GNOME
+help and application gettext; ``--sources`` picks some), or any ``--tsv`` files of
+``source<TAB>target`` pairs. One joint sentencepiece model is trained on the training split and
+saved as ``<out>/spm.model``. The model is ``training.seq2seq.Seq2Seq``.
 
 Training sorts pairs into length buckets, uses label smoothing and Adam with the learning rate
 halved when validation BLEU (greedy) stalls, and stops early on it. A checkpoint is written every
 epoch (``last.pt``, resumable with ``--resume``); the end of training averages the best
-``--average`` epochs when that helps on validation. The test splits are then decoded greedily and
-with beam search: ``metrics.json`` holds sacreBLEU BLEU and chrF per source, and
-``attention_*.png`` show a few attention matrices.
+``--average`` epochs when that helps on validation. ``--init models/translation/1`` warm-starts
+from a shipped version (its weights read back from the ONNX graphs, its ``spm.model``), scored on
+validation as epoch 0; ``--batches-per-epoch`` makes an epoch a slice of a pass (a checkpoint more
+often). The test splits are then decoded greedily and with beam search: ``metrics.json`` holds
+sacreBLEU BLEU and chrF per source, and ``attention_*.png`` show a few attention matrices.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +33,14 @@ from training.translation_data import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
+    SOURCES,
     UNK_ID,
     Pair,
     load_corpus,
     load_sentencepiece,
     train_sentencepiece,
 )
+from training.translation_init import load_version
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -44,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/translation"))
     p.add_argument("--data-dir", type=Path, default=Path("data"))
     p.add_argument("--tsv", type=Path, nargs="+", help="train on these source<TAB>target files instead")
+    p.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES), help="the built-in sources to use")
     p.add_argument("--vocab-size", type=int, default=4000, help="joint sentencepiece vocabulary")
     p.add_argument("--emb", type=int, default=256)
     p.add_argument("--hidden", type=int, default=256)
@@ -55,6 +62,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-tokens", type=int, default=80, help="drop training pairs longer than this")
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument(
+        "--batches-per-epoch",
+        type=int,
+        default=0,
+        help="an epoch is this many batches of a pass over the data, for a checkpoint and a validation score more"
+        " often on a slow machine (0: the whole pass)",
+    )
     p.add_argument("--patience", type=int, default=4, help="epochs without a better validation BLEU")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes it (0: off)")
     p.add_argument("--valid-size", type=int, default=500, help="validation pairs per source per epoch")
@@ -68,6 +82,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument(
+        "--init",
+        type=Path,
+        help="warm start from a shipped version (models/translation/<v>): its weights, architecture and"
+        " spm.model; its validation BLEU is scored as epoch 0, the score to beat",
+    )
     return p.parse_args(argv)
 
 
@@ -114,6 +134,17 @@ def length_batches(examples: list[tuple[list[int], list[int]]], batch_size: int,
 
 
 # --- evaluation -------------------------------------------------------------------------------
+
+
+def epoch_batches(examples: list[tuple[list[int], list[int]]], args: argparse.Namespace, epoch: int) -> list[Batch]:
+    """The batches of ``epoch`` (from 1), the same whether resumed or not: a whole pass over the data, or with
+    ``--batches-per-epoch K`` the ``K`` batches of a pass that come next (each pass shuffled anew)."""
+    if not args.batches_per_epoch:
+        return length_batches(examples, args.batch_size, random.Random(args.seed * 1000 + epoch))
+    parts = -(-len(examples) // (args.batch_size * args.batches_per_epoch))
+    data_pass, part = divmod(epoch - 1, parts)
+    batches = length_batches(examples, args.batch_size, random.Random(args.seed * 1000 + data_pass + 1))
+    return batches[part * args.batches_per_epoch : (part + 1) * args.batches_per_epoch]
 
 
 @torch.no_grad()
@@ -214,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
-    corpus, counts = load_corpus(args.data_dir, args.tsv, args.seed)
+    corpus, counts = load_corpus(args.data_dir, args.tsv, args.seed, tuple(args.sources))
     if args.max_train_pairs:
         for splits in corpus.values():
             splits["train"] = splits["train"][: args.max_train_pairs]
@@ -225,21 +256,26 @@ def main(argv: list[str] | None = None) -> None:
     print(f"translation: pairs per source and split {sizes}")
 
     spm_path = out / "spm.model"
-    if not (args.resume and spm_path.exists()):
+    if args.init:
+        model, init_spm = load_version(args.init)
+        shutil.copyfile(init_spm, spm_path)
+        config = model.config
+    elif not (args.resume and spm_path.exists()):
         train_sentencepiece([t for pair in train_pairs for t in pair], out / "spm", args.vocab_size)
     encoder = Encoder(spm_path)
     examples = [(encoder.source(s), encoder.target(t)) for s, t in train_pairs]
     examples = [e for e in examples if len(e[0]) <= args.max_tokens and len(e[1]) <= args.max_tokens + 1]
 
-    config = Seq2SeqConfig(
-        vocab_size=encoder.sp.get_piece_size(),
-        emb=args.emb,
-        hidden=args.hidden,
-        attention=args.attention,
-        attention_dim=args.attention_dim,
-        dropout=args.dropout,
-    )
-    model = Seq2Seq(config)
+    if not args.init:
+        config = Seq2SeqConfig(
+            vocab_size=encoder.sp.get_piece_size(),
+            emb=args.emb,
+            hidden=args.hidden,
+            attention=args.attention,
+            attention_dim=args.attention_dim,
+            dropout=args.dropout,
+        )
+        model = Seq2Seq(config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"translation: {len(examples)} training pairs, vocab {config.vocab_size}, {n_params / 1e6:.2f}M parameters")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -257,15 +293,18 @@ def main(argv: list[str] | None = None) -> None:
         history, epoch_scores = ckpt["history"], ckpt["epoch_scores"]
         first_epoch = ckpt["epoch"] + 1
         print(f"translation: resumed after epoch {ckpt['epoch']}")
+    elif args.init:
+        # Epoch 0 is the warm-start version itself: a later epoch is kept only if it beats it.
+        epoch_scores[0] = validation_bleu(model, encoder, valid, args)
+        stopper.improved(epoch_scores[0], 0)
+        torch.save(model.state_dict(), out / "epoch0.pt")
+        torch.save(model.state_dict(), out / "best.pt")
+        print(f"translation: {args.init} scores valid BLEU {epoch_scores[0]:.2f} (epoch 0)")
 
-    rng = random.Random(args.seed)
     for epoch in range(first_epoch, args.epochs + 1):
         if stopper.should_stop:
             break
-        rng.seed(args.seed * 1000 + epoch)  # the same batches whether resumed or not
-        loss = train_epoch(
-            model, optimizer, length_batches(examples, args.batch_size, rng), args.label_smoothing, epoch
-        )
+        loss = train_epoch(model, optimizer, epoch_batches(examples, args, epoch), args.label_smoothing, epoch)
         bleu = validation_bleu(model, encoder, valid, args)
         scheduler.step(bleu)
         history["train_loss"].append(round(loss, 4))

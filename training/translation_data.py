@@ -35,12 +35,15 @@ from training.common import split_indices
 
 Pair = tuple[str, str]
 
-SOURCES = ("ding", "libreoffice_help", "gettext")
+SOURCES = ("ding", "libreoffice_help", "gettext", "gnome_help", "app_gettext")
+SOURCES_V1 = SOURCES[:3]  # what translation version 1 was trained on (``--sources`` reproduces it)
 SPLITS = ("train", "valid", "test")
 SPLIT_FRACTIONS = (0.9, 0.05, 0.05)
 DING_FILE = "ding/usr/share/trans/de-en"
 HELP_DIR = "libreoffice_help/usr/share/libreoffice/help"
 MO_DIR = "gettext"
+MALLARD_DIR = "gnome/usr/share/help"
+APP_MO_DIR = "gnome/usr/share/locale/de"
 MIN_WORDS, MAX_WORDS, MAX_RATIO = 3, 30, 2.5
 
 # Special ids of every subword model; the decoder starts from BOS and stops at EOS.
@@ -240,6 +243,63 @@ def extract_gettext(mo_dir: Path) -> Extraction:
     return Extraction(_filter(candidates, counts), counts)
 
 
+# --- GNOME Mallard help -----------------------------------------------------------------------
+
+_MALLARD_BLOCKS = frozenset({"title", "desc", "p"})
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def mallard_blocks(path: Path) -> list[tuple[str, str]]:
+    """``(tag, text)`` of every ``<title>``, ``<desc>``, ``<p>`` of a page, in document order.
+
+    The ``<info>`` header is skipped except its ``<desc>`` (translator credits live there).
+    """
+    import xml.etree.ElementTree as ET
+
+    blocks: list[tuple[str, str]] = []
+
+    def walk(element: ET.Element, in_info: bool) -> None:
+        tag = _local(element.tag)
+        if tag in _MALLARD_BLOCKS and (not in_info or tag == "desc"):
+            blocks.append((tag, "".join(element.itertext())))
+            return
+        for child in element:
+            walk(child, in_info or tag == "info")
+
+    walk(ET.parse(path).getroot(), False)
+    return blocks
+
+
+def mallard_candidates(help_dir: Path, counts: dict[str, int]) -> Iterator[Pair]:
+    """Pairs by position between ``C/<app>/*.page`` and ``de/<app>/*.page``.
+
+    A page is used only when both versions have the same sequence of block tags; otherwise the
+    positions cannot be trusted and the page is counted in ``pages_misaligned``.
+    """
+    counts["pages"] = counts["pages_without_german"] = counts["pages_misaligned"] = 0
+    for en_file in sorted((help_dir / "C").rglob("*.page")):
+        de_file = help_dir / "de" / en_file.relative_to(help_dir / "C")
+        if not de_file.exists():
+            counts["pages_without_german"] += 1
+            continue
+        counts["pages"] += 1
+        en_blocks, de_blocks = mallard_blocks(en_file), mallard_blocks(de_file)
+        if [t for t, _ in en_blocks] != [t for t, _ in de_blocks]:
+            counts["pages_misaligned"] += 1
+            continue
+        for (_, en), (_, de) in zip(en_blocks, de_blocks, strict=True):
+            yield en, de
+
+
+def extract_mallard(help_dir: Path) -> Extraction:
+    counts: dict[str, int] = {}
+    candidates = list(mallard_candidates(help_dir, counts))
+    return Extraction(_filter(candidates, counts), counts)
+
+
 def extract_source(name: str, data_dir: Path) -> Extraction:
     root = data_dir / "translation"
     if name == "ding":
@@ -248,6 +308,10 @@ def extract_source(name: str, data_dir: Path) -> Extraction:
         return extract_help(root / HELP_DIR)
     if name == "gettext":
         return extract_gettext(root / MO_DIR)
+    if name == "gnome_help":
+        return extract_mallard(root / MALLARD_DIR)
+    if name == "app_gettext":
+        return extract_gettext(root / APP_MO_DIR)
     raise ValueError(f"unknown source {name!r}; choose from {SOURCES}")
 
 
@@ -290,13 +354,14 @@ def split_pairs(name: str, pairs_dir: Path, make_pairs: Callable[[], list[Pair]]
 
 
 def load_corpus(
-    data_dir: Path, tsv_files: list[Path] | None = None, seed: int = 0
+    data_dir: Path, tsv_files: list[Path] | None = None, seed: int = 0, sources: tuple[str, ...] = SOURCES
 ) -> tuple[dict[str, dict[str, list[Pair]]], dict[str, dict[str, int]]]:
     """Splits per source: the built-in English→German sources, or the given TSV files.
 
-    Returns ``({source: {split: pairs}}, {source: filter counts})``. Built-in extraction counts
-    are cached in ``<data>/translation/pairs/counts.json``. Training pairs whose source sentence
-    appears in any evaluation split (of any source) are removed, so the union has no leak.
+    Returns ``({source: {split: pairs}}, {source: filter counts})`` of the built-in ``sources``.
+    Built-in extraction counts are cached in ``<data>/translation/pairs/counts.json``. Training
+    pairs whose source sentence appears in any evaluation split (of any loaded source) are removed,
+    so the union has no leak.
     """
     pairs_dir = data_dir / "translation" / "pairs"
     counts_path = pairs_dir / "counts.json"
@@ -306,7 +371,7 @@ def load_corpus(
         for path in tsv_files:
             corpus[path.stem] = split_pairs(path.stem, path.parent / "splits", lambda p=path: read_tsv(p), seed)
     else:
-        for name in SOURCES:
+        for name in sources:
 
             def extract(name: str = name) -> list[Pair]:
                 extraction = extract_source(name, data_dir)

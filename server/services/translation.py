@@ -44,27 +44,31 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
             self.resume.require("resume_every")
         if resumed is not None:
             options = replace(options, max_length=resumed.max_length)
-            admitted = task.resumed_stream(options)
+            admitted = task.resumed_stream(resumed.source, options)
         else:
             admitted = task.stream(request.text, options)
-        with admitted as lease:
-            call.stream_opened()
+        with admitted as paragraph:
+            call.stream_opened(len(paragraph.leases))
+            one_sentence = len(paragraph.sentences) == 1
+            if request.resume_every and not one_sentence:
+                raise InputError(f"resume_every: only a one-sentence text resumes; text has "
+                                 f"{len(paragraph.sentences)} sentences")
             if resumed is not None:
-                ids, sent = list(resumed.source_ids), list(resumed.sent_ids)
-                chunks = task.resume(ids, sent, options, lease)
+                sent = list(resumed.sent_ids)
+                ids, chunks = task.resume(paragraph, sent, options)
             else:
-                (ids, chunks), sent = task.decode(request.text, options, lease, options.per_update), []
+                (ids, chunks), sent = task.decode(paragraph, options, options.per_update), []
             piece = task.tokenizer.piece
             source = [] if resumed is not None else [piece(i) for i in ids]
             covered = len(sent)  # tokens covered by the last resume token sent
 
             def token() -> bytes:
-                return self._freeze(served, ids, sent, options)
+                return self._freeze(served, paragraph.sentences[0].text, sent, options)
 
             async def send_token() -> None:
                 await call.write(pb.TranslateUpdate(resume_token=token()), 0)
 
-            if self.resume.enabled and options.beam == 1:
+            if self.resume.enabled and options.beam == 1 and one_sentence:
                 call.resumable(send_token)
             async for tokens in chunks:
                 sent += [t.token_id for t in tokens]
@@ -77,11 +81,10 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
                     source_tokens=source, resume_token=periodic), len(tokens))
                 source = []
                 await call.checkpoint()
-            if source:  # no token at all (max_length 1): the source pieces are sent all the same
-                await call.write(pb.TranslateUpdate(source_tokens=source), 0)
+            await call.write(pb.TranslateUpdate(source_tokens=source, text=paragraph.text()), 0)
 
-    def _freeze(self, served: Served, ids: list[int], sent: list[int], options: Decoding) -> bytes:
-        state = resume_pb2.TranslationState(source_ids=ids, sent_ids=sent, max_length=options.max_length)
+    def _freeze(self, served: Served, source: str, sent: list[int], options: Decoding) -> bytes:
+        state = resume_pb2.TranslationState(source=source, sent_ids=sent, max_length=options.max_length)
         return self.resume.make(served.model, resume_pb2.ResumeState(translation=state))
 
     @rpc("TranslateBatch")
@@ -89,9 +92,9 @@ class TranslationService(translate_pb2_grpc.TranslationServicer):
                              ) -> pb.TranslateBatchResponse:
         task = call.use(resolve(self.repository, request.model, "translation")).task
         options, texts = decoding(task, request.options), list(request.texts)
-        with task.batch(texts, options) as leases:
-            call.stream_opened(len(leases))
-            translations = await task.translate(texts, options, leases)
+        with task.batch(texts, options) as paragraphs:
+            call.stream_opened(sum(len(p.leases) for p in paragraphs))
+            translations = await task.translate(paragraphs, options)
         call.emitted(sum(len(t.token_ids) for t in translations))
         return pb.TranslateBatchResponse(translations=[
             pb.Translated(text=t.text, token_ids=t.token_ids, log_prob=t.log_prob) for t in translations])

@@ -5,23 +5,30 @@ keys, mask) come from the encoder too; both are wired by the manifest. Greedy de
 generation loop (``server/generation.py``); beam search steps ``width`` rows of one stream through
 the per-step scheduler. The rules (source cut, output length, the greedy pick, the beam step) are
 ``contract/translation.py``, shared with training and the reference runtime.
+
+A text is a ``Paragraph``: its sentences (``contract.segments.split_sentences``) are decoded at once,
+each in its own stream slots, and come back in order; a sentence over the model's source limit is
+refused, never cut. Each sentence's text has its copied spans (numbers, URLs, paths, code) restored
+by ``contract.segments.restore_spans``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from contract.manifest import TranslationPreprocessing
+from contract.segments import join_sentences, restore_spans, split_sentences
 from contract.subword import Subwords
 from contract.translation import Beam, greedy_tokens
 from server.config import Config
 from server.engine import ModelRunner, gather_all
-from server.errors import InputError, check_count, check_text, check_texts
+from server.errors import InputError, check_count, check_text, check_texts, clip
 from server.generation import Generator
 from server.graph import Arrays, Lease
 
@@ -44,6 +51,35 @@ class Decoding:
     max_length: int
     length_penalty: float
     per_update: int
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of a text: its ``separator`` to the next (``contract.segments.split_sentences``), its encoder
+    ids (pieces and ``source_suffix``) and each piece's character range."""
+
+    text: str
+    separator: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
+@dataclass
+class Paragraph:
+    """A text to translate: its sentences, the stream slots of each, and the translations of those decoded so
+    far (copied spans restored)."""
+
+    sentences: list[Sentence]
+    leases: list[Lease]
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def ids(self) -> list[int]:
+        """The source ids of every sentence, one after the other: what each token's attention spans."""
+        return [i for sentence in self.sentences for i in sentence.ids]
+
+    def text(self) -> str:
+        return join_sentences(self.texts, [s.separator for s in self.sentences[: len(self.texts)]])
 
 
 @dataclass(frozen=True)
@@ -75,23 +111,48 @@ class TranslationTask:
                         per_update or 1)
 
     @contextmanager
-    def stream(self, text: str, decoding: Decoding, field: str = "text") -> Iterator[Lease]:
-        """The stream slots of one translation (``text`` within ``max_text_chars``), as ``_admit``."""
+    def stream(self, text: str, decoding: Decoding, field: str = "text") -> Iterator[Paragraph]:
+        """The sentences of one text (within ``max_text_chars``) and their stream slots, as ``_admit``."""
         check_text(field, text, self.config.max_text_chars)
-        with self._admit(1, decoding, field) as [lease]:
-            yield lease
+        sentences = self.sentences(text, field)
+        with self._admit(len(sentences), decoding, field) as leases:
+            yield Paragraph(sentences, leases)
 
     @contextmanager
-    def batch(self, texts: list[str], decoding: Decoding, field: str = "texts") -> Iterator[list[Lease]]:
-        """The stream slots of several translations (``max_texts`` of ``max_text_chars``), all at once, as
-        ``_admit``."""
+    def resumed_stream(self, source: str, decoding: Decoding, field: str = "resume_token") -> Iterator[Paragraph]:
+        """The one sentence of a translation resumed from a token (its text was checked when it began)."""
+        sentences = self.sentences(source, field)
+        if len(sentences) != 1:
+            raise InputError(f"{field}: its source has {len(sentences)} sentences, a resumable translation one")
+        with self._admit(1, decoding, field) as leases:
+            yield Paragraph(sentences, leases)
+
+    @contextmanager
+    def batch(self, texts: list[str], decoding: Decoding, field: str = "texts") -> Iterator[list[Paragraph]]:
+        """The sentences of several texts (``max_texts`` of ``max_text_chars``) and their stream slots, all at once,
+        as ``_admit``."""
         check_texts(field, texts, self.config.max_texts, self.config.max_text_chars)
-        with self._admit(len(texts), decoding, field) as leases:
-            yield leases
+        split = [self.sentences(text, f"{field}[{index}]") for index, text in enumerate(texts)]
+        with self._admit(sum(map(len, split)), decoding, field) as leases:
+            starts = np.cumsum([0, *map(len, split)]).tolist()
+            yield [Paragraph(s, leases[a:b]) for s, a, b in zip(split, starts[:-1], starts[1:], strict=True)]
+
+    def sentences(self, text: str, field: str) -> list[Sentence]:
+        """``text`` as sentences; one longer than the model's source limit is an ``InputError`` naming ``field``."""
+        most = self.pre.output_length.max_length - len(self.pre.source_suffix)
+        sentences = []
+        for index, (sentence, separator) in enumerate(split_sentences(text)):
+            pieces, offsets = self.tokenizer.encode_with_offsets(sentence)
+            if len(pieces) > most:
+                raise InputError(f"{field}: sentence {index + 1} ({clip(sentence)}) has {len(pieces)} subword pieces, "
+                                 f"the model's limit is {most} per sentence")
+            ids = self.pre.output_length.source(pieces, self.pre.source_suffix)
+            sentences.append(Sentence(sentence, separator, ids, offsets))
+        return sentences
 
     @contextmanager
     def _admit(self, count: int, decoding: Decoding, field: str) -> Iterator[list[Lease]]:
-        """Stream slots for ``count`` translations (``decoding.beam`` rows each), taken all at once or not at all and
+        """Stream slots for ``count`` sentences (``decoding.beam`` rows each), taken all at once or not at all and
         given back when the block ends: more than the model could ever hold is an ``InputError`` naming ``field``,
         more than are free now ``Overloaded``. A greedy translation gives its slot back once decoded."""
         slots = self.runner.graphs[STEP].slots
@@ -102,60 +163,96 @@ class TranslationTask:
         with slots.lease(rows) as lease:
             yield lease.split(count)
 
-    @contextmanager
-    def resumed_stream(self, decoding: Decoding, field: str = "resume_token") -> Iterator[Lease]:
-        """The stream slot of a translation resumed from a token (its text was checked when it began)."""
-        with self._admit(1, decoding, field) as [lease]:
-            yield lease
-
-    def source(self, text: str) -> list[int]:
-        return self.pre.output_length.source(self.tokenizer.encode(text), self.pre.source_suffix)
-
-    def decode(self, text: str, decoding: Decoding, lease: Lease, most: int
+    def decode(self, paragraph: Paragraph, decoding: Decoding, most: int
                ) -> tuple[list[int], AsyncIterator[list[Token]]]:
-        """The source ids and the output tokens (EOS not included), up to ``most`` per list, decoded in the rows of
-        ``lease`` (from ``stream`` or ``batch``)."""
-        ids = self.source(text)
+        """The source ids of every sentence and the output tokens (EOS not included), up to ``most`` per list: the
+        sentences are decoded at once (in their slots from ``stream`` or ``batch``) and come out in order, each
+        token's attention over all the source ids. ``paragraph.texts`` grows as sentences end."""
+        streams = [self._decode(sentence.ids, decoding, lease, most)
+                   for sentence, lease in zip(paragraph.sentences, paragraph.leases, strict=True)]
+        return paragraph.ids, self._in_order(paragraph, streams)
+
+    def _decode(self, ids: list[int], decoding: Decoding, lease: Lease, most: int) -> AsyncIterator[list[Token]]:
         inputs = {"encoder": {"src_ids": np.array([ids], dtype=np.int64),
                               "src_lengths": np.array([len(ids)], dtype=np.int64)}}
         limit = self.pre.output_length.limit(len(ids), decoding.max_length)
         if decoding.beam == 1:
-            return ids, self._greedy(inputs, limit, most, lease)
-        return ids, self._at_the_end(self._beam(inputs, limit, decoding.beam, decoding.length_penalty, lease), most)
+            return self._greedy(inputs, limit, most, lease)
+        return self._at_the_end(self._beam(inputs, limit, decoding.beam, decoding.length_penalty, lease), most)
 
-    def resume(self, ids: list[int], sent: list[int], decoding: Decoding, lease: Lease) -> AsyncIterator[list[Token]]:
-        """A greedy translation of source ``ids`` continued after the tokens ``sent``, in ``lease``'s row: the
-        decoder reads the sent tokens again (teacher-forced), then picks as ``decode`` does, one token per list."""
-        inputs = {"src_ids": np.array([ids], dtype=np.int64), "src_lengths": np.array([len(ids)], dtype=np.int64)}
-        return self._replayed(inputs, self.pre.output_length.limit(len(ids), decoding.max_length), sent, lease)
+    async def _in_order(self, paragraph: Paragraph, streams: list[AsyncIterator[list[Token]]]
+                        ) -> AsyncIterator[list[Token]]:
+        """The tokens of every stream, decoded concurrently and yielded stream by stream; at the end of each, its
+        sentence's text (spans restored) goes to ``paragraph.texts``. Ending early cancels the others."""
+        queues: list[asyncio.Queue[list[Token] | None]] = [asyncio.Queue() for _ in streams]
 
-    async def _replayed(self, inputs: Arrays, limit: int, sent: list[int], lease: Lease
+        async def pump(stream: AsyncIterator[list[Token]], queue: asyncio.Queue[list[Token] | None]) -> None:
+            async for tokens in stream:
+                queue.put_nowait(tokens)
+            queue.put_nowait(None)
+
+        tasks = [asyncio.ensure_future(pump(s, q)) for s, q in zip(streams, queues, strict=True)]
+        total, start = len(paragraph.ids), 0
+        try:
+            for sentence, queue, task in zip(paragraph.sentences, queues, tasks, strict=True):
+                found: list[Token] = []
+                while (tokens := await _next(queue, task)) is not None:
+                    found += tokens
+                    yield [Token(t.token_id, t.log_prob, _placed(t.attention[: len(sentence.ids)], start, total))
+                           for t in tokens]
+                paragraph.texts.append(self._restored(sentence, found))
+                start += len(sentence.ids)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _restored(self, sentence: Sentence, tokens: list[Token]) -> str:
+        """The translation of ``sentence`` that ``tokens`` spell, its copied spans restored by their attention."""
+        pieces = [self.tokenizer.processor.id_to_piece(t.token_id) for t in tokens]
+        alignment = [int(t.attention[: len(sentence.ids)].argmax()) for t in tokens]
+        return restore_spans(sentence.text, sentence.offsets, pieces, alignment)
+
+    def resume(self, paragraph: Paragraph, sent: list[int], decoding: Decoding
+               ) -> tuple[list[int], AsyncIterator[list[Token]]]:
+        """A one-sentence greedy translation continued after the tokens ``sent``, in its lease's row: the decoder reads
+        the sent tokens again (teacher-forced), then picks as ``decode`` does, one token per list. At the end the
+        sentence's text (spans restored, the sent tokens included) goes to ``paragraph.texts``."""
+        [sentence], [lease] = paragraph.sentences, paragraph.leases
+        inputs = {"src_ids": np.array([sentence.ids], dtype=np.int64),
+                  "src_lengths": np.array([len(sentence.ids)], dtype=np.int64)}
+        limit = self.pre.output_length.limit(len(sentence.ids), decoding.max_length)
+        return sentence.ids, self._replayed(paragraph, inputs, limit, sent, lease)
+
+    async def _replayed(self, paragraph: Paragraph, inputs: Arrays, limit: int, sent: list[int], lease: Lease
                         ) -> AsyncIterator[list[Token]]:
         sources = {"encoder": await self.runner.run("encoder", inputs)}
         context = self.runner.graphs[STEP].stream_context(sources)
         prev = np.array([self.pre.bos_id], dtype=np.int64)
+        found: list[Token] = []
         with self.runner.state(STEP, lease, sources) as slots:
             for t in range(limit):
                 out = await self.runner.run(STEP, {"prev_tokens": prev, **context}, slots)
                 if t < len(sent):
+                    found.append(Token(sent[t], 0.0, out["attention"][0]))
                     prev = np.array([sent[t]], dtype=np.int64)
                     continue
                 picked, [token], done = self.pick(out, np.array([t]), np.array([limit]))
                 if done[0]:
-                    return
+                    break
+                found.append(token)
                 yield [token]
                 prev = picked["prev_tokens"]
+        paragraph.texts.append(self._restored(paragraph.sentences[0], found))
 
-    async def translate(self, texts: list[str], decoding: Decoding, leases: list[Lease]) -> list[Translated]:
+    async def translate(self, paragraphs: list[Paragraph], decoding: Decoding) -> list[Translated]:
         """Whole translations; on a failure every other one is cancelled and its slots freed."""
-        pairs = zip(texts, leases, strict=True)
-        return await gather_all(self._translate(text, decoding, lease) for text, lease in pairs)
+        return await gather_all(self._translate(paragraph, decoding) for paragraph in paragraphs)
 
-    async def _translate(self, text: str, decoding: Decoding, lease: Lease) -> Translated:
-        _, chunks = self.decode(text, decoding, lease, self.config.max_decode_len)
+    async def _translate(self, paragraph: Paragraph, decoding: Decoding) -> Translated:
+        _, chunks = self.decode(paragraph, decoding, self.config.max_decode_len)
         tokens = [t async for chunk in chunks for t in chunk]
-        ids = [t.token_id for t in tokens]
-        return Translated(self.tokenizer.decode(ids), ids, sum(t.log_prob for t in tokens))
+        return Translated(paragraph.text(), [t.token_id for t in tokens], sum(t.log_prob for t in tokens))
 
     def pick(self, outputs: Arrays, steps: np.ndarray, limits: np.ndarray
              ) -> tuple[Arrays, list[Token | None], np.ndarray]:
@@ -205,3 +302,24 @@ class TranslationTask:
         found = await tokens
         for start in range(0, len(found), most):
             yield found[start : start + most]
+
+
+async def _next(queue: asyncio.Queue[list[Token] | None], task: asyncio.Future[None]) -> list[Token] | None:
+    """The next item of ``queue``, or the failure of the ``task`` that fills it."""
+    if queue.empty() and task.done():
+        task.result()  # raises its error; a task that ended well has left None in the queue
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+        if not getter.done() and (task.cancelled() or task.exception() is not None):
+            task.result()
+        return await getter
+    finally:
+        getter.cancel()
+
+
+def _placed(attention: np.ndarray, start: int, total: int) -> np.ndarray:
+    """A sentence's attention at its place among all the paragraph's source ids (zero elsewhere)."""
+    placed = np.zeros(total, dtype=attention.dtype)
+    placed[start : start + len(attention)] = attention
+    return placed

@@ -194,15 +194,15 @@ class TranslationEndpoint(Endpoint):
 
     async def infer(self, inputs: Arrays, params: Params) -> Arrays:
         text, decoding = self._request(inputs, params)
-        with self.task.stream(text, decoding, field="TEXT") as lease:
-            [translated] = await self.task.translate([text], decoding, [lease])
+        with self.task.stream(text, decoding, field="TEXT") as paragraph:
+            [translated] = await self.task.translate([paragraph], decoding)
         return {"TRANSLATION": strings([translated.text]), "TOKEN_IDS": np.array(translated.token_ids, dtype=np.int64)}
 
     async def stream(self, inputs: Arrays, params: Params) -> AsyncIterator[Arrays]:
         text, decoding = self._request(inputs, params)
         piece = self.task.tokenizer.piece
-        with self.task.stream(text, decoding, field="TEXT") as lease:
-            _, chunks = self.task.decode(text, decoding, lease, decoding.per_update)
+        with self.task.stream(text, decoding, field="TEXT") as paragraph:
+            _, chunks = self.task.decode(paragraph, decoding, decoding.per_update)
             async for tokens in chunks:
                     yield {"PIECES": strings([piece(t.token_id) for t in tokens]),
                        "TOKEN_IDS": np.array([t.token_id for t in tokens], dtype=np.int64),
