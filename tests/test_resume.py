@@ -141,8 +141,8 @@ def translate(target: str, request: translate_pb2.TranslateRequest) -> list[tran
 def test_translate_resumes_on_another_process_bit_for_bit(pair: tuple[str, str], data_dir: Path) -> None:
     text = next(source for source, _ in read_tsv(data_dir / "translation" / "pairs" / "libreoffice_help.test.tsv")
                 if len(source.split()) > 12)
-    whole = [t for u in translate(pair[0], translate_pb2.TranslateRequest(model=ref("translation"), text=text))
-             for t in u.tokens]
+    uninterrupted = translate(pair[0], translate_pb2.TranslateRequest(model=ref("translation"), text=text))
+    whole = [t for u in uninterrupted for t in u.tokens]
     assert len(whole) > 8
     with grpc.insecure_channel(pair[0]) as channel:
         responses = translate_pb2_grpc.TranslationStub(channel).Translate(
@@ -151,9 +151,11 @@ def test_translate_resumes_on_another_process_bit_for_bit(pair: tuple[str, str],
     sent = [t for u in before for t in u.tokens]
     assert len(sent) == 5
     resumed = translate(pair[1], translate_pb2.TranslateRequest(resume_token=token))
-    assert all(len(u.tokens) == 1 and not u.source_tokens for u in resumed)
-    after = [t for u in resumed for t in u.tokens]
+    *updates, last = resumed
+    assert all(len(u.tokens) == 1 and not u.source_tokens for u in updates) and not last.tokens
+    after = [t for u in updates for t in u.tokens]
     assert [t.SerializeToString() for t in sent + after] == [t.SerializeToString() for t in whole]
+    assert last.text == uninterrupted[-1].text  # the whole translation, spans restored over every token
 
 
 # Every way a token is refused.
