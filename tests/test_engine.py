@@ -311,6 +311,33 @@ def test_generator_admits_waiting_sequences_as_rows_finish_and_drops_closed_ones
     asyncio.run(scenario())
 
 
+def test_generator_rows_that_join_where_others_left_keep_their_own_state_and_context() -> None:
+    """Rows leave and join at almost every step (``Batch.replace``): joining rows take the places of rows that left
+    (shorter sources padded in place, longer ones re-gathered), the rows left over are compacted; every sequence
+    still sees only its own state and keys, padded with the context's pad."""
+    async def scenario() -> None:
+        gen, graph, sessions = generator(Config(max_batch=4, max_streams=16))
+        gen.start()
+        sources = [list(range(10, 10 + n)) for n in (3, 1, 5, 2, 6, 1, 4, 2, 3, 7, 1, 2)]
+        limits = [2, 5, 1, 3, 2, 4, 1, 6, 2, 3, 1, 2]
+
+        async def one(ids: list[int], limit: int):
+            with gen.open(source(ids), first_token(), limit, graph.slots.lease(1)) as sequence:
+                return [item async for chunk in sequence.chunks(1) for item in chunk]
+
+        results = await asyncio.gather(*(one(ids, limit) for ids, limit in zip(sources, limits, strict=True)))
+        await gen.stop()
+        for ids, limit, got in zip(sources, limits, results, strict=True):
+            assert [count for count, _ in got] == [len(ids) + step for step in range(1, limit + 1)]
+            for _, attention in got:
+                np.testing.assert_array_equal(attention[: len(ids)], ids)
+                assert (attention[len(ids):] == -1).all()
+        assert max(sessions["decoder_step"].batches) == 4 and graph.slots.in_use == 0
+        assert sum(sessions["decoder_step"].batches) == sum(limits)  # no row stepped after its end
+
+    asyncio.run(scenario())
+
+
 def test_generator_regathers_only_when_its_rows_change(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
         gen, graph, _ = generator(Config(max_batch=8, max_streams=8))
