@@ -2,7 +2,8 @@
 that lets the server end a call itself (``rpc.Calls``: shutdown, maximum age).
 
 It wraps each method's handler (ours, health and reflection alike): its request deserializer returns
-``rpc.Undecodable`` instead of raising, and its behavior runs inside ``guard``. Health needs no token
+``rpc.Undecodable`` instead of raising, its response serializer sends ``bytes`` as they are (``rpc.passing``:
+``Translate`` builds its updates' bytes itself), and its behavior runs inside ``guard``. Health needs no token
 and has no maximum age; its ``Watch`` streams are the first calls ended at shutdown.
 """
 
@@ -20,7 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from protos.inference import kserve_pb2
 from server.metrics import Metrics
-from server.rpc import KSERVE, SEQSERVE, Calls, RequestError, count_request, decoded, tolerant
+from server.rpc import KSERVE, SEQSERVE, Calls, RequestError, count_request, decoded, passing, tolerant
 from server.security import Tokens
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,9 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 async with self.guard(method, protocol, health, allowed, streaming, request, context) as checked:
                     return await behavior(checked, context)
 
-        deserializer = handler.request_deserializer
-        return handler._replace(**{kind: wrapped, "request_deserializer": deserializer and tolerant(deserializer)})
+        deserializer, serializer = handler.request_deserializer, handler.response_serializer
+        return handler._replace(**{kind: wrapped, "request_deserializer": deserializer and tolerant(deserializer),
+                                   "response_serializer": serializer and passing(serializer)})
 
     @asynccontextmanager
     async def guard(self, method: str, protocol: str, health: bool, allowed: bool, streaming: bool, request: Any,

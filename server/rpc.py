@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client import Counter, Histogram
 
 from server.config import Config
 from server.errors import InputError, Overloaded, clip
@@ -73,6 +74,15 @@ def tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
             return Undecodable(error)
 
     return deserialize
+
+
+def passing(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``serializer``, except that a message already serialized (``bytes``) goes out as it is."""
+
+    def serialize(message: Any) -> bytes:
+        return message if type(message) is bytes else serializer(message)
+
+    return serialize
 
 
 def decoded(message: Any, method: str) -> Any:
@@ -179,6 +189,7 @@ class Call:
         self.model = self.task = ""
         self.started = self.last = time.perf_counter()
         self.results = 0
+        self.per_result: tuple[Histogram, Counter] | None = None  # the labelled metrics of every result after the first
         self.streams = 0
         self.end_reason: str | None = None
 
@@ -227,11 +238,13 @@ class Call:
         now = time.perf_counter()
         if self.results == 0:
             self.metrics.first_result.labels(**self.labels).observe(now - self.started)
+            self.per_result = (self.metrics.inter_token.labels(**self.labels),
+                               self.metrics.results_of(self.task).labels(**self.labels))
         else:
-            self.metrics.inter_token.labels(**self.labels).observe(now - self.last)
+            self.per_result[0].observe(now - self.last)
         self.results += count
         self.last = now
-        self.metrics.results_of(self.task).labels(**self.labels).inc(count)
+        self.per_result[1].inc(count)
 
     def finish(self, code: grpc.StatusCode) -> None:
         """Record the call once it is over: a client that went away reads as the end of its stream, so

@@ -1,6 +1,9 @@
-"""``seqserve.v1.Translation``: ``Translate`` (tokens as they are decoded) and ``TranslateBatch``."""
+"""``seqserve.v1.Translation``: ``Translate`` (tokens as they are decoded, each update's bytes built by
+``wire.UpdateBytes``) and ``TranslateBatch``."""
 
 from __future__ import annotations
+
+from weakref import WeakKeyDictionary
 
 from protos.seqserve.v1 import translate_pb2 as pb
 from protos.seqserve.v1 import translate_pb2_grpc
@@ -8,6 +11,7 @@ from server.config import Config
 from server.metrics import Metrics
 from server.repository import Repository
 from server.rpc import Call, resolve, rpc
+from server.services.wire import UpdateBytes
 from server.tasks.translation import Decoding, TranslationTask
 
 
@@ -19,24 +23,22 @@ def decoding(task: TranslationTask, options: pb.DecodeOptions) -> Decoding:
 class TranslationService(translate_pb2_grpc.TranslationServicer):
     def __init__(self, repository: Repository, config: Config, metrics: Metrics) -> None:
         self.repository, self.config, self.metrics = repository, config, metrics
+        self.wires: WeakKeyDictionary[TranslationTask, UpdateBytes] = WeakKeyDictionary()  # per model version
 
     @rpc("Translate")
     async def Translate(self, request: pb.TranslateRequest, context, call: Call) -> None:
         task = call.use(resolve(self.repository, request.model, "translation")).task
         options = decoding(task, request.options)
+        wire = self.wires.get(task) or self.wires.setdefault(task, UpdateBytes(task.tokenizer.pieces))
         with task.stream(request.text, options) as lease:
             call.stream_opened()
             ids, chunks = task.decode(request.text, options, lease, options.per_update)
-            piece = task.tokenizer.piece
-            source = [piece(i) for i in ids]
+            source = wire.source(ids)
             async for tokens in chunks:
-                await call.write(pb.TranslateUpdate(
-                    tokens=[pb.TranslateToken(piece=piece(t.token_id), token_id=t.token_id, log_prob=t.log_prob,
-                                              attention=t.attention[: len(ids)].tolist()) for t in tokens],
-                    source_tokens=source), len(tokens))
-                source = []
+                await call.write(wire.update(tokens, len(ids), source), len(tokens))
+                source = b""
             if source:  # no token at all (max_length 1): the source pieces are sent all the same
-                await call.write(pb.TranslateUpdate(source_tokens=source), 0)
+                await call.write(source, 0)
 
     @rpc("TranslateBatch")
     async def TranslateBatch(self, request: pb.TranslateBatchRequest, context, call: Call
