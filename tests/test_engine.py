@@ -217,7 +217,7 @@ def test_gather_all_cancels_the_others_when_one_fails() -> None:
 
 
 def test_scheduler_batches_within_the_window_up_to_max_batch() -> None:
-    async def scenario(wait_ms: float) -> list[int]:
+    async def scenario(wait_ms: float, spacing: float) -> list[int]:
         model, sessions = fake_model()
         config = Config(max_wait_ms=wait_ms, max_batch=4, max_streams=8)
         runner = ModelRunner(model, config, Metrics())
@@ -227,14 +227,15 @@ def test_scheduler_batches_within_the_window_up_to_max_batch() -> None:
                 await asyncio.sleep(delay)
                 return await runner.run("encoder", {"src_ids": np.ones((rows, 3), np.int64),
                                                     "src_lengths": np.full(rows, 3)})
-            outputs = await asyncio.gather(one(0, 1), one(0.01, 1), one(0.02, 2), one(0.03, 2))
+            outputs = await asyncio.gather(one(0, 1), one(spacing, 1), one(2 * spacing, 2), one(3 * spacing, 2))
         finally:
             await runner.stop()
         assert [len(o["keys"]) for o in outputs] == [1, 1, 2, 2]
         return sessions["encoder"].batches
 
-    assert asyncio.run(scenario(wait_ms=200)) == [4, 2]  # the window gathers up to max_batch rows
-    assert asyncio.run(scenario(wait_ms=0)) == [1, 1, 2, 2]  # no window: whatever is queued runs at once
+    assert asyncio.run(scenario(wait_ms=200, spacing=0.01)) == [4, 2]  # the window gathers up to max_batch rows
+    # no window: whatever is queued runs at once (arrivals 0.1 s apart: a loaded machine keeps them apart)
+    assert asyncio.run(scenario(wait_ms=0, spacing=0.1)) == [1, 1, 2, 2]
 
 
 def test_scheduler_skips_requests_cancelled_while_queued_and_keeps_state_per_slot() -> None:
