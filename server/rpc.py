@@ -172,6 +172,42 @@ class Calls:
         return True
 
 
+class Deadline:
+    """A bound in time on each of a call's reads, or each of its writes: ``expire`` runs once one has taken
+    ``seconds``. One timer per call instead of one per message: when due, it looks at the operation under way
+    (if any) and is set again for that one's own due time."""
+
+    def __init__(self, seconds: float, expire: Callable[[], None]) -> None:
+        self.seconds, self.expire = seconds, expire
+        self.loop = asyncio.get_running_loop()
+        self.since: float | None = None  # when the operation under way started (loop time)
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def bound(self, operation: Awaitable[Any]) -> Any:
+        self.since = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.since + self.seconds, self._due)
+        try:
+            return await operation
+        finally:
+            self.since = None
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.since is None:  # nothing under way: the next operation sets the timer again
+            return
+        due = self.since + self.seconds
+        if self.loop.time() >= due:
+            self.expire()
+        else:
+            self.timer = self.loop.call_at(due, self._due)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class Call:
     """One call: its metrics (status, duration, time to first result, gaps between results, stream slots) and its
     stream's reads and writes, each bounded in time: a client that sends nothing for ``idle_timeout_s`` or takes no
@@ -185,7 +221,8 @@ class Call:
                            f"no message for {config.idle_timeout_s:g} s (idle_timeout_s): the stream was ended")
         self.stalled = Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED, f"the client read nothing for "
                               f"{config.write_timeout_s:g} s (write_timeout_s): the stream was ended")
-        self.timeouts = {self.idle: config.idle_timeout_s, self.stalled: config.write_timeout_s}
+        self.reading = Deadline(config.idle_timeout_s, lambda: self.tracked.end(self.idle))
+        self.writing = Deadline(config.write_timeout_s, lambda: self.tracked.end(self.stalled))
         self.model = self.task = ""
         self.started = self.last = time.perf_counter()
         self.results = 0
@@ -210,29 +247,22 @@ class Call:
 
     def close(self) -> None:
         """The handler has ended: its streams hold nothing any more (a status may still wait for a slow reader)."""
+        self.reading.cancel()
+        self.writing.cancel()
         if self.streams:
             self.metrics.active_streams.labels(**self.labels).dec(self.streams)
 
     async def read(self) -> Any:
         """The next message of the client's stream, or ``None`` at its end."""
-        message = await self._bounded(self.context.read(), self.idle)
+        message = await self.reading.bound(self.context.read())
         return None if message is grpc.aio.EOF else decoded(message, self.method)
 
     async def write(self, message: Any, results: int = 1) -> None:
         """Send ``message``, which carries ``results`` tokens or steps. gRPC's flow control keeps what a client has
         not read within its window, so a client that stops reading stops the stream here."""
-        await self._bounded(self.context.write(message), self.stalled)
+        await self.writing.bound(self.context.write(message))
         if results:
             self.emitted(results)
-
-    async def _bounded(self, operation: Awaitable[Any], ending: Ending) -> Any:
-        """``operation``, or the call ends with ``ending`` once it has taken its time (a timer: no task per
-        message)."""
-        timer = asyncio.get_running_loop().call_later(self.timeouts[ending], self.tracked.end, ending)
-        try:
-            return await operation
-        finally:
-            timer.cancel()
 
     def emitted(self, count: int = 1) -> None:
         now = time.perf_counter()
