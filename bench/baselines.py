@@ -126,8 +126,8 @@ def _fit(array: np.ndarray, length: int, pad: float | bool) -> np.ndarray:
 
 def ort_translation_closed(workload: Workload, sustained: Sustained) -> Run:
     """(a) in the sustained mode: ``sustained.clients`` rows decoded as one batch, one ``decoder_step`` run per
-    step; a row that ends (EOS) is replaced at once by the next text, the joining rows encoded together (as the
-    server's prefill) and their context padded to the batch's source length."""
+    step; a row that ends (EOS) is replaced at once, in its place, by the next text, the joining rows encoded
+    together (as the server's prefill) and their context padded to the batch's source length."""
     model = _model(workload)
     session, specs = model.sessions[STEP], model.manifest.state_of(STEP)
     pads = {c.input: c.pad_value for c in model.manifest.context_of(STEP)}
@@ -154,16 +154,19 @@ def ort_translation_closed(workload: Workload, sustained: Sustained) -> Run:
         if not loop.tick(len(requests)):
             return loop.run()
         state, prev, steps = {s.input: out[s.output] for s in specs}, tokens, steps + 1
-        if not going.all():
-            joined, new_state, new_context, new_limits = admit(int((~going).sum()))
-            requests = [r for r, g in zip(requests, going.tolist(), strict=True) if g] + joined
-            state = {k: np.concatenate([v[going], new_state[k]]) for k, v in state.items()}
+        if not going.all():  # each ended row takes the next text in place, as the server's generation loop does
+            ended = np.flatnonzero(~going)
+            joined, new_state, new_context, new_limits = admit(len(ended))
+            for row, request in zip(ended.tolist(), joined, strict=True):
+                requests[row] = request
+            for name, array in state.items():
+                array[ended] = new_state[name]
             length = max(context["mask"].shape[1], new_context["mask"].shape[1])
-            context = {k: np.concatenate([_fit(v[going], length, pads[k]), _fit(new_context[k], length, pads[k])])
-                       for k, v in context.items()}
-            limits = np.concatenate([limits[going], new_limits])
-            steps = np.concatenate([steps[going], np.zeros(len(joined), dtype=np.int64)])
-            prev = np.concatenate([prev[going], np.full(len(joined), workload.bos, dtype=np.int64)])
+            if length > context["mask"].shape[1]:  # a longer source: the whole batch is padded once more
+                context = {name: _fit(array, length, pads[name]) for name, array in context.items()}
+            for name, array in context.items():
+                array[ended] = _fit(new_context[name], length, pads[name])
+            limits[ended], steps[ended], prev[ended] = new_limits, 0, workload.bos
 
 
 def ort_sentiment_closed(workload: Workload, sustained: Sustained) -> Run:
