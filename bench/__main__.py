@@ -14,6 +14,14 @@ Option: ``--server-args "--max-wait-ms 2 --ort-spinning true"`` tries other serv
 the defaults before the measurements in ``bench/RESULTS.md``).
 Each configuration runs once to warm up, then ``--repeats`` times; the tables hold medians.
 
+Sustained mode (``--mode sustained``, as ``perf_analyzer``'s concurrency mode): ``N`` closed-loop clients
+each start their next request as soon as their last one ends, measured for ``--duration`` seconds after
+``--warmup`` seconds, against baselines (a) and (c) run the same way (``baselines.py``), the systems in
+turn repeat by repeat; the texts are the whole test split, round and round. Besides the burst mode's
+columns it reports requests/s, p90s and the CPU per token of the server process alone (of the loop
+itself for a baseline). ``--mode burst`` (the default) starts ``N`` streams at once and times them until
+the last ends: a short smoke run.
+
 Before/after: ``--compare-ref <git-ref>`` also serves that commit (a temporary ``git worktree``,
 its own ``models/``, ``bench/reference.py``) as the system ``server@<ref>`` and measures only
 ``server``, ``server@<ref>`` and ``(a) ort``, alternating them repeat by repeat so that all three
@@ -45,10 +53,11 @@ from typing import TextIO
 
 from bench import baselines, load, workloads
 from bench.reference import Checkout, checkout, git
-from bench.report import compare_table, ratio_table, summary_table
-from bench.stats import Run, Summary, summarize
+from bench.report import compare_table, goals_table, ratio_table, summary_table, sustained_table
+from bench.stats import Run, Summary, Sustained, summarize
 
 PACKED = 8  # max_tokens_per_message of the server-packed system
+POOL = 100_000  # the sustained mode's texts: the whole test split
 RESULTS = Path("bench/results")
 Runner = Callable[[workloads.Workload], Run]
 Load = Callable[[load.Served, workloads.Workload], Run]
@@ -88,6 +97,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also serve this commit (a temporary git worktree, its own models/) and compare it with the current "
         "server: only server, server@REF and (a) run, alternating repeat by repeat",
     )
+    p.add_argument("--mode", choices=["burst", "sustained"], default="burst",
+                   help="burst: N streams at once until all end; sustained: N closed-loop clients for --duration")
+    p.add_argument("--duration", type=float, default=30.0, help="sustained mode: seconds measured per run")
+    p.add_argument("--warmup", type=float, default=5.0, help="sustained mode: seconds before each run's measurement")
     p.add_argument("--label", help="results go to bench/results/LABEL/ (default: date-time-host)")
     p.add_argument("--json", type=Path, help="the results file (default: bench/results/LABEL/results.json); "
                    "the printed output goes beside it with the suffix .log")
@@ -100,16 +113,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def measure(name: str, run: Runner, workload: workloads.Workload, repeats: int, warm_streams: int) -> Summary:
     run(workload.take(warm_streams))
     summary = summarize([run(workload) for _ in range(repeats)])
-    _report(name, workload, summary)
+    _report(name, len(workload.texts), summary)
     return summary
 
 
 def measure_alternating(systems: dict[str, Runner], workload: workloads.Workload, repeats: int,
-                        warm_streams: int) -> dict[str, Summary]:
-    """Each system warmed up, then ``repeats`` rounds that run every system once, in turn; each round
-    starts with the next system, so that none always runs first (right after the in-process loop)."""
+                        warm_streams: int | None, n: int) -> dict[str, Summary]:
+    """Each system warmed up (unless ``warm_streams`` is None: a sustained run warms up itself), then ``repeats``
+    rounds that run every system once, in turn; each round starts with the next system, so that none always runs
+    first (right after the in-process loop)."""
     for run in systems.values():
-        run(workload.take(warm_streams))
+        if warm_streams is not None:
+            run(workload.take(warm_streams))
     runs: dict[str, list[Run]] = {name: [] for name in systems}
     names = list(systems)
     for round_ in range(repeats):
@@ -118,15 +133,12 @@ def measure_alternating(systems: dict[str, Runner], workload: workloads.Workload
             runs[name].append(systems[name](workload))
     summaries = {name: summarize(r) for name, r in runs.items()}
     for name, summary in summaries.items():
-        _report(name, workload, summary)
+        _report(name, n, summary)
     return summaries
 
 
-def _report(name: str, workload: workloads.Workload, summary: Summary) -> None:
-    print(
-        f"  {name:<24} N={len(workload.texts):<4} {summary.tokens:>6} tokens  {summary.tokens_per_s:>9.0f} tok/s",
-        flush=True,
-    )
+def _report(name: str, n: int, summary: Summary) -> None:
+    print(f"  {name:<24} N={n:<4} {summary.tokens:>6} tokens  {summary.tokens_per_s:>9.0f} tok/s", flush=True)
 
 
 def _systems(task: str, args: argparse.Namespace, workload: workloads.Workload) -> tuple[Load, Runner, Runner, Path]:
@@ -140,11 +152,50 @@ def _systems(task: str, args: argparse.Namespace, workload: workloads.Workload) 
     return load.stream_sentiment, baselines.ort_sentiment, naive, checkpoint
 
 
+def sustained_systems(task: str, args: argparse.Namespace, served: dict[str, load.Served], n: int,
+                      workload: workloads.Workload) -> dict[str, Runner]:
+    """The sustained mode's systems at ``n`` clients: each server of ``served`` (by name), (a) and, unless
+    comparing two commits, (c)."""
+    mode = Sustained(n, args.duration, args.warmup)
+    streams, _, _, checkpoint = _systems(task, args, workload)
+    systems: dict[str, Runner] = {name: partial(lambda s, w: streams(s, w, closed=mode), s)
+                                  for name, s in served.items()}
+    ort = baselines.ort_translation_closed if task == "translation" else baselines.ort_sentiment_closed
+    systems["(a) ort"] = partial(ort, sustained=mode)
+    if args.compare_ref is None:
+        naive = baselines.torch_translation if task == "translation" else baselines.torch_sentiment
+        systems["(c) torch"] = partial(naive, checkpoint=checkpoint, sustained=mode)
+    return systems
+
+
+def bench_sustained(task: str, args: argparse.Namespace, reference: Checkout | None, model_dir: Path
+                    ) -> dict[str, dict[int, Summary]]:
+    workload = (workloads.translation if task == "translation" else workloads.sentiment)(model_dir, POOL)
+    extra = shlex.split(args.server_args)
+    results: dict[str, dict[int, Summary]] = {}
+    with ExitStack() as stack:
+        served = {"server": stack.enter_context(load.serving(args.models, args.server_max_batch, extra))}
+        if reference is not None:
+            served[f"server@{reference.ref}"] = stack.enter_context(
+                load.serving(reference.models, args.server_max_batch, extra, root=reference.root))
+        print(f"{task}: {model_dir}, sustained {args.duration:g} s after {args.warmup:g} s, "
+              f"{len(workload.texts)} texts; servers: " + ", ".join(f"{n} {s.package} (pid {s.pid})"
+                                                                   for n, s in served.items()), flush=True)
+        for n in args.streams:
+            repeats = args.repeats if n <= 64 else args.repeats_large
+            systems = sustained_systems(task, args, served, n, workload)
+            for name, summary in measure_alternating(systems, workload, repeats, None, n).items():
+                results.setdefault(name, {})[n] = summary
+    return results
+
+
 def bench_task(task: str, args: argparse.Namespace, reference: Checkout | None) -> dict[str, dict[int, Summary]] | None:
     model_dir = _model_dir(task, args)
     if model_dir is None:
         print(f"{task}: no model in {args.models / task}: skipped", flush=True)
         return None
+    if args.mode == "sustained":
+        return bench_sustained(task, args, reference, model_dir)
     workload = (workloads.translation if task == "translation" else workloads.sentiment)(model_dir, max(args.streams))
     streams, ort, naive, checkpoint = _systems(task, args, workload)
     extra = shlex.split(args.server_args)
@@ -164,11 +215,12 @@ def bench_task(task: str, args: argparse.Namespace, reference: Checkout | None) 
                   f"CPU while idle: {idle[0]:.1%}, {idle[1]:.1%} of a core", flush=True)
             systems = {"server": lambda w: streams(served, w), before: lambda w: streams(old, w), "(a) ort": ort}
             for n in args.streams:
-                for name, summary in measure_alternating(systems, workload.take(n), repeats(n), n).items():
+                for name, summary in measure_alternating(systems, workload.take(n), repeats(n), n, n).items():
                     results.setdefault(name, {})[n] = summary
         return results
 
-    print(f"{task}: {model_dir}, torch checkpoint {checkpoint}", flush=True)
+    print(f"{task}: {model_dir}, torch checkpoint {checkpoint if checkpoint.is_file() else 'none (untrained)'}",
+          flush=True)
 
     def each_n(name: str, run: Runner, warm_cap: int | None = None) -> None:
         for n in args.streams:
@@ -182,10 +234,7 @@ def bench_task(task: str, args: argparse.Namespace, reference: Checkout | None) 
     with load.serving(args.models, 1, extra) as served:
         each_n("(b) server max_batch=1", lambda w: streams(served, w))
     each_n("(a) ort", ort)
-    if checkpoint.is_file():
-        each_n("(c) torch", naive, warm_cap=8)  # batch 1 whatever N: a short warm-up suffices
-    else:
-        print(f"  (c) torch: no checkpoint {checkpoint}: skipped", flush=True)
+    each_n("(c) torch", naive, warm_cap=8)  # batch 1 whatever N: a short warm-up suffices
     return results
 
 
@@ -278,7 +327,8 @@ def run(args: argparse.Namespace, argv: list[str] | None, reference: Checkout | 
     for task in args.tasks:
         if (task_results := bench_task(task, args, reference)) is not None:
             results[task] = task_results
-            tables = [summary_table(task_results), ratio_table(task_results)]
+            tables = ([sustained_table(task_results), goals_table(task_results)] if args.mode == "sustained"
+                      else [summary_table(task_results), ratio_table(task_results)])
             if reference is not None:
                 tables.append(compare_table(task_results, f"server@{reference.ref}"))
             print(f"\n### {task}\n\n" + "\n\n".join(tables) + "\n", flush=True)

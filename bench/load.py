@@ -7,6 +7,7 @@ client's cost (one asyncio loop parsing every message) is part of what is measur
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -24,7 +25,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.stats import Run
+from bench.stats import Request, Run, Sustained, windowed
 from bench.workloads import Workload
 from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
 
@@ -175,10 +176,49 @@ def _run(served: Served, workload: Workload, one, per_token: bool = True) -> Run
     return asyncio.run(streams())
 
 
-def translate(served: Served, workload: Workload, tokens_per_message: int = 1) -> Run:
+def closed_loop(served: Served, workload: Workload, one, sustained: Sustained) -> Run:
+    """``sustained.clients`` closed-loop clients (``perf_analyzer``'s concurrency mode): each starts its next
+    request (``one``, as in ``_run``) as soon as its last one ends, client ``i`` taking texts ``i``, ``i + clients``,
+    … of ``workload`` round and round. Measured over ``sustained.seconds`` after ``sustained.warmup`` seconds
+    (``stats.windowed``); the requests still running at the end are cancelled."""
+    graph, clients = STEP_GRAPH[workload.task], sustained.clients
+
+    async def client(channel: grpc.aio.Channel, first: int, requests: list[Request]) -> None:
+        for index in itertools.count(first, clients):
+            request = Request(time.perf_counter())
+            requests.append(request)
+            await one(channel, index % len(workload.texts), 0.0, request.arrivals)
+            request.end = time.perf_counter()
+
+    async def run() -> Run:
+        channels = [grpc.aio.insecure_channel(served.target) for _ in range(-(-clients // STREAMS_PER_CHANNEL))]
+        requests: list[Request] = []
+        try:
+            await asyncio.gather(*(c.channel_ready() for c in channels))
+            tasks = [asyncio.create_task(client(channels[i // STREAMS_PER_CHANNEL], i, requests))
+                     for i in range(clients)]
+            await asyncio.sleep(sustained.warmup)
+            totals, cpu, server_cpu, start = served.step_totals(graph), time.process_time(), served.cpu_s(), \
+                time.perf_counter()
+            await asyncio.sleep(sustained.seconds)
+            end, cpu, server_cpu = time.perf_counter(), time.process_time() - cpu, served.cpu_s() - server_cpu
+            steps, rows, busy = (b - a for a, b in zip(totals, served.step_totals(graph), strict=True))
+            for task in tasks:
+                task.cancel()
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if not isinstance(outcome, asyncio.CancelledError):
+                    raise RuntimeError(f"a closed-loop client failed: {outcome!r}")
+            return windowed(requests, start, end, cpu, server_cpu, rows / steps, busy / steps)
+        finally:
+            await asyncio.gather(*(c.close() for c in channels))
+
+    return asyncio.run(run())
+
+
+def translate(served: Served, workload: Workload, tokens_per_message: int = 1, closed: Sustained | None = None) -> Run:
     """Greedy ``Translate`` streams with ``max_tokens_per_message``: one token per message by default.
 
-    A message's tokens all count as arriving with it.
+    A message's tokens all count as arriving with it. ``closed``: the sustained mode (``closed_loop``).
     """
     ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
     options = translate_pb2.DecodeOptions(max_tokens_per_message=tokens_per_message)
@@ -189,7 +229,7 @@ def translate(served: Served, workload: Workload, tokens_per_message: int = 1) -
         async for update in stub.Translate(request):
             arrivals.extend([time.perf_counter() - started] * len(update.tokens))
 
-    return _run(served, workload, one)
+    return _run(served, workload, one) if closed is None else closed_loop(served, workload, one, closed)
 
 
 def translate_whole(served: Served, workload: Workload) -> Run:
@@ -210,8 +250,9 @@ def translate_whole(served: Served, workload: Workload) -> Run:
     return _run(served, workload, one, per_token=False)
 
 
-def stream_sentiment(served: Served, workload: Workload) -> Run:
-    """``StreamSentiment`` streams: the whole snippet as one chunk, one update per token back."""
+def stream_sentiment(served: Served, workload: Workload, closed: Sustained | None = None) -> Run:
+    """``StreamSentiment`` streams: the whole snippet as one chunk, one update per token back. ``closed``: as
+    ``translate``'s."""
     ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
 
     async def one(channel: grpc.aio.Channel, index: int, started: float, arrivals: list[float]) -> None:
@@ -220,4 +261,4 @@ def stream_sentiment(served: Served, workload: Workload) -> Run:
         async for _ in stub.StreamSentiment(chunks):
             arrivals.append(time.perf_counter() - started)
 
-    return _run(served, workload, one)
+    return _run(served, workload, one) if closed is None else closed_loop(served, workload, one, closed)

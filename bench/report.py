@@ -80,3 +80,44 @@ def compare_table(results: dict[str, dict[int, Summary]], before: str) -> str:
                      f"{ratio(after.itl_p50, old.itl_p50)} | {ratio(after.itl_p99, old.itl_p99)} | "
                      f"{limits[0]} | {limits[1]} |")
     return "\n".join(lines)
+
+
+def sustained_table(results: dict[str, dict[int, Summary]]) -> str:
+    """The sustained mode's medians: throughput (p25–p75 of the repeats), latency percentiles and the CPU per token
+    of the server process alone (of the loop for a baseline), with its spread."""
+    lines = [
+        "| N | system | repeats | tokens/s | p25–p75 | requests/s | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms "
+        "| serving CPU µs/token (p25–p75) | rows/step |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sorted(next(iter(results.values()))):
+        for name, by_n in results.items():
+            s = by_n[n]
+            cpu_low, cpu_high = quartiles(s.runs_serving_us_per_token)
+            lines.append(
+                f"| {n} | {name} | {s.repeats} | {s.tokens_per_s:.0f} | {s.spread[0]:.0f}–{s.spread[1]:.0f} | "
+                f"{s.requests_per_s:.1f} | {_ms(s.ttft_p50)} / {_ms(s.ttft_p90)} / {_ms(s.ttft_p99)} | "
+                f"{_ms(s.itl_p50)} / {_ms(s.itl_p90)} / {_ms(s.itl_p99)} | "
+                f"{s.serving_us_per_token:.0f} ({cpu_low:.0f}–{cpu_high:.0f}) | {s.batch:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def goals_table(results: dict[str, dict[int, Summary]]) -> str:
+    """Issue #15's ratios per server system: tokens/s ÷ (a) (goal ≥ 0.8) and ÷ (c) (≥ 6), serving CPU per token
+    ÷ (a)'s (≤ 1.3), ITL p99 ÷ (a)'s (≤ 3)."""
+    lines = ["| N | system | tokens/s ÷ (a) | tokens/s ÷ (c) | CPU/token ÷ (a) | ITL p99 ÷ (a) |",
+             "|---:|---|---:|---:|---:|---:|"]
+
+    def ratio(a: float, b: float) -> str:
+        return "-" if math.isnan(a) or math.isnan(b) or b <= 0 else f"{a / b:.2f}"
+
+    ort, torch = results.get(BASELINES[0], {}), results.get(BASELINES[2], {})
+    for n in sorted(results["server"]):
+        for system in [name for name in results if name not in BASELINES]:
+            s, a, c = results[system][n], ort.get(n), torch.get(n)
+            lines.append(f"| {n} | {system} | {ratio(s.tokens_per_s, a.tokens_per_s) if a else '-'} | "
+                         f"{ratio(s.tokens_per_s, c.tokens_per_s) if c else '-'} | "
+                         f"{ratio(s.serving_us_per_token, a.serving_us_per_token) if a else '-'} | "
+                         f"{ratio(s.itl_p99, a.itl_p99) if a else '-'} |")
+    return "\n".join(lines)

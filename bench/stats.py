@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,10 +24,17 @@ class Run:
     per_token: bool = True  # False: every token of a stream arrives in one message (no inter-token latency)
     batch: float = math.nan  # the server's mean rows per step of the step graph
     step_s: float = math.nan  # the server's mean time per step of the step graph (gather, run, scatter)
+    counted: int | None = None  # sustained mode: the tokens that arrived within the measured window
+    requests: int = 0  # sustained mode: the requests that ended within the measured window
 
     @property
     def tokens(self) -> int:
-        return sum(len(a) for a in self.arrivals)
+        return sum(len(a) for a in self.arrivals) if self.counted is None else self.counted
+
+    @property
+    def serving_cpu_s(self) -> float:
+        """The CPU time of whatever served the tokens: the server process, or the in-process loop itself."""
+        return self.server_cpu_s if self.server_cpu_s > 0 else self.cpu_s
 
     @property
     def tokens_per_s(self) -> float:
@@ -41,6 +48,42 @@ class Run:
             return np.array([])
         gaps = [np.diff(a) for a in self.arrivals if len(a) > 1]
         return np.concatenate(gaps) if gaps else np.array([])
+
+
+@dataclass(frozen=True)
+class Sustained:
+    """The sustained mode: ``clients`` closed-loop clients, measured for ``seconds`` after ``warmup`` seconds."""
+
+    clients: int
+    seconds: float
+    warmup: float
+
+
+@dataclass
+class Request:
+    """One request of a closed-loop client: when it started, when each token arrived, when it ended
+    (``perf_counter`` seconds)."""
+
+    start: float
+    arrivals: list[float] = field(default_factory=list)
+    end: float = math.nan
+
+
+def windowed(requests: list[Request], start: float, end: float, cpu_s: float, server_cpu_s: float = 0.0,
+             batch: float = math.nan, step_s: float = math.nan) -> Run:
+    """A closed-loop run measured over ``[start, end]``: the tokens and ended requests within it; TTFT and
+    inter-token gaps of the requests that started within it (their arrivals relative to their own start)."""
+    inside = [r for r in requests if start <= r.start <= end]
+    return Run(
+        arrivals=[[a - r.start for a in r.arrivals if a <= end] for r in inside],
+        seconds=end - start,
+        cpu_s=cpu_s,
+        server_cpu_s=server_cpu_s,
+        batch=batch,
+        step_s=step_s,
+        counted=sum(start <= a <= end for r in requests for a in r.arrivals),
+        requests=sum(start <= r.end <= end for r in requests),
+    )
 
 
 @dataclass
@@ -59,6 +102,11 @@ class Summary:
     batch: float  # mean rows per step of the step graph
     step_ms: float  # mean time per step of the step graph
     runs_tokens_per_s: list[float]  # every repeat's throughput, in the order run: the spread
+    ttft_p90: float = math.nan
+    itl_p90: float = math.nan
+    requests_per_s: float = math.nan  # sustained mode: requests ended per second
+    serving_us_per_token: float = math.nan  # CPU of the server process alone (or of the in-process loop) per token
+    runs_serving_us_per_token: list[float] = field(default_factory=list)  # every repeat's, for the spread
 
     @property
     def spread(self) -> tuple[float, float]:
@@ -76,6 +124,7 @@ def _percentile(values: np.ndarray, q: float) -> float:
 
 def summarize(runs: list[Run]) -> Summary:
     median = statistics.median
+    serving = [r.serving_cpu_s / r.tokens * 1e6 for r in runs]
     return Summary(
         repeats=len(runs),
         tokens=runs[0].tokens,
@@ -89,4 +138,9 @@ def summarize(runs: list[Run]) -> Summary:
         batch=median([r.batch for r in runs]),
         step_ms=median([r.step_s * 1000 for r in runs]),
         runs_tokens_per_s=[r.tokens_per_s for r in runs],
+        ttft_p90=median([_percentile(r.ttft(), 90) for r in runs]),
+        itl_p90=median([_percentile(r.itl(), 90) for r in runs]),
+        requests_per_s=median([r.requests / r.seconds for r in runs]),
+        serving_us_per_token=median(serving),
+        runs_serving_us_per_token=serving,
     )

@@ -7,7 +7,9 @@ one ``Batch`` in its own thread, in the shape of vLLM's engine loop:
 
     schedule()  decide what runs: drop the rows that finished or whose stream went away, admit
                 waiting sequences up to ``max_batch`` (their source graphs, the encoder, run once
-                for all of them: the prefill). The batch is re-gathered only when its rows change.
+                for all of them: the prefill). Joining rows take the places of the rows that left,
+                in place; the batch is re-gathered only when it grows or a source is longer than
+                its padding.
     step()      one ONNX Runtime run over the batch.
     update()    the task's ``pick`` chooses every row's next input and result; all of the step's
                 results go to the event loop in one call; finished rows are marked for the next
@@ -80,7 +82,8 @@ class Sequence:
 
 @dataclass(eq=False)
 class Batch:
-    """Running sequences, row by row, as TGI's batches: ``filter`` keeps rows, ``concatenate`` joins batches.
+    """Running sequences, row by row, as TGI's batches: ``replace`` swaps rows in place, ``concatenate`` joins
+    batches.
 
     ``host`` holds each row's plain inputs and context (and its state while the batch is being
     re-gathered); ``bound`` holds the state and context on the session's device while it runs.
@@ -99,11 +102,43 @@ class Batch:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def filter(self, keep: list[int], state: list[str]) -> Batch:
-        """The rows ``keep``; their ``state`` comes back from the device."""
-        rows = self.host | {name: self.bound[name].numpy() for name in state}
-        return Batch([self.sequences[i] for i in keep], {name: array[keep] for name, array in rows.items()},
-                     self.steps[keep], self.limits[keep])
+    def replace(self, removed: list[int], joining: Batch | None, graph: Graph) -> Batch:
+        """This batch without the rows ``removed`` (in order) and with the rows of ``joining``, re-gathered only in
+        part: a joining row that fits the batch's padded shapes is written in place of a removed row, the removed
+        rows left over are filled with the batch's last rows, and only joining rows left over (a batch that
+        grows, a longer source) are gathered with the rest. The state comes back from the device first."""
+        rows = self.host | {name: self.bound[name].numpy() for name in graph.state_outputs.values()}
+        sequences, steps, limits = list(self.sequences), self.steps.copy(), self.limits.copy()
+        incoming = joining.host if joining is not None else {}
+        fits = [j for j in range(len(joining or ())) if all(
+            all(a <= b for a, b in zip(incoming[name].shape[1:], array.shape[1:], strict=True))
+            for name, array in rows.items())]
+        for slot, j in zip(removed, fits, strict=False):  # as many as both have
+            for name, array in rows.items():
+                part = incoming[name][j]
+                if part.shape != array.shape[1:]:
+                    array[slot] = graph.context.get(name, graph.pad)
+                array[(slot, *(slice(0, n) for n in part.shape))] = part
+            sequences[slot], steps[slot], limits[slot] = joining.sequences[j], joining.steps[j], joining.limits[j]
+        placed = min(len(removed), len(fits))
+        holes = removed[placed:]
+        size = len(self) - len(holes)
+        targets = [h for h in holes if h < size]
+        movers = [i for i in range(size, len(self)) if i not in set(holes)]
+        for target, mover in zip(targets, movers, strict=True):
+            sequences[target] = sequences[mover]
+        if targets:
+            for array in (*rows.values(), steps, limits):
+                array[targets] = array[movers]
+        batch = Batch(sequences[:size], {name: array[:size] for name, array in rows.items()}, steps[:size],
+                      limits[:size])
+        left = [j for j in range(len(joining or ())) if j not in set(fits[:placed])]
+        return Batch.concatenate([batch, joining.take(left)], graph) if left else batch
+
+    def take(self, rows: list[int]) -> Batch:
+        """The rows ``rows`` of a batch whose state is still on the host (before ``bind``)."""
+        return Batch([self.sequences[i] for i in rows], {name: array[rows] for name, array in self.host.items()},
+                     self.steps[rows], self.limits[rows])
 
     @staticmethod
     def concatenate(batches: list[Batch], graph: Graph) -> Batch:
@@ -189,20 +224,18 @@ class Generator:
 
     def schedule(self, batch: Batch | None) -> Batch | None:
         """The batch to run: without its finished or abandoned rows, filled up to ``max_batch`` from
-        ``waiting``. It is re-gathered only if its rows changed."""
+        ``waiting``. When its rows change it is re-gathered only in part (``Batch.replace``)."""
         self.waiting = [s for s in self.waiting if not s.closed]
-        keep = [] if batch is None else [i for i, s in enumerate(batch.sequences) if not (batch.done[i] or s.closed)]
-        room = max(self.graph.config.max_batch - len(keep), 0)
+        removed = [] if batch is None else [i for i, s in enumerate(batch.sequences) if batch.done[i] or s.closed]
+        room = max(self.graph.config.max_batch - (0 if batch is None else len(batch) - len(removed)), 0)
         joined, self.waiting = self.waiting[:room], self.waiting[room:]
-        if batch is not None and not joined and len(keep) == len(batch):
+        if batch is not None and not joined and not removed:
             return batch
-        parts = [batch.filter(keep, list(self.graph.state_outputs.values()))] if batch is not None and keep else []
-        if joined:
-            parts.append(self.prefill(joined))
-        if not parts:
-            return None
-        merged = Batch.concatenate(parts, self.graph)
-        merged.bind(self.graph)
+        joining = self.prefill(joined) if joined else None
+        merged = batch.replace(removed, joining, self.graph) if batch is not None and len(removed) < len(batch) \
+            else joining
+        if merged is not None:
+            merged.bind(self.graph)
         return merged
 
     def prefill(self, joined: list[Sequence]) -> Batch:

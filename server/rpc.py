@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client import Counter, Histogram
 
 from server.config import Config
 from server.errors import InputError, Overloaded, clip
@@ -99,14 +100,14 @@ SHUTDOWN = Ending("shutdown", grpc.StatusCode.UNAVAILABLE, "the server is shutti
 
 
 @functools.cache
-def stream_endings(idle_timeout_s: float, write_timeout_s: float) -> tuple[Ending, Ending, dict[Ending, float]]:
-    """The endings of a silent client and of one that reads nothing, and their timeouts: made once, not per call
-    (an idle stream holds them, ``bench/idle_sessions.py``)."""
+def stream_endings(idle_timeout_s: float, write_timeout_s: float) -> tuple[Ending, Ending]:
+    """The endings of a silent client and of one that reads nothing: made once, not per call (an idle stream holds
+    them, ``bench/idle_sessions.py``)."""
     idle = Ending("idle_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
                   f"no message for {idle_timeout_s:g} s (idle_timeout_s): the stream was ended")
     stalled = Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
                      f"the client read nothing for {write_timeout_s:g} s (write_timeout_s): the stream was ended")
-    return idle, stalled, {idle: idle_timeout_s, stalled: write_timeout_s}
+    return idle, stalled
 
 
 def max_age(seconds: float) -> Ending:
@@ -193,6 +194,42 @@ class Calls:
         return True
 
 
+class Deadline:
+    """A bound in time on each of a call's reads, or each of its writes: ``expire`` runs once one has taken
+    ``seconds``. One timer per call instead of one per message: when due, it looks at the operation under way
+    (if any) and is set again for that one's own due time."""
+
+    def __init__(self, seconds: float, expire: Callable[[], None]) -> None:
+        self.seconds, self.expire = seconds, expire
+        self.loop = asyncio.get_running_loop()
+        self.since: float | None = None  # when the operation under way started (loop time)
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def bound(self, operation: Awaitable[Any]) -> Any:
+        self.since = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.since + self.seconds, self._due)
+        try:
+            return await operation
+        finally:
+            self.since = None
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.since is None:  # nothing under way: the next operation sets the timer again
+            return
+        due = self.since + self.seconds
+        if self.loop.time() >= due:
+            self.expire()
+        else:
+            self.timer = self.loop.call_at(due, self._due)
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
 class Call:
     """One call: its metrics (status, duration, time to first result, gaps between results, stream slots) and its
     stream's reads and writes, each bounded in time: a client that sends nothing for ``idle_timeout_s`` or takes no
@@ -202,11 +239,14 @@ class Call:
                  protocol: str = SEQSERVE) -> None:
         self.metrics, self.method, self.context, self.protocol = metrics, method, context, protocol
         self.tracked = CURRENT.get()
-        self.idle, self.stalled, self.timeouts = stream_endings(config.idle_timeout_s, config.write_timeout_s)
+        self.idle, self.stalled = stream_endings(config.idle_timeout_s, config.write_timeout_s)
+        self.reading = Deadline(config.idle_timeout_s, lambda: self.tracked.end(self.idle))
+        self.writing = Deadline(config.write_timeout_s, lambda: self.tracked.end(self.stalled))
         self.model = self.task = ""
         self.served: Served | None = None  # the version it holds a lease on (hot reload unloads it after the call)
         self.started = self.last = time.perf_counter()
         self.results = 0
+        self.per_result: tuple[Histogram, Counter] | None = None  # the labelled metrics of every result after the first
         self.streams = 0
         self.end_reason: str | None = None
         self.freeze: Callable[[], Awaitable[None]] | None = None
@@ -239,6 +279,8 @@ class Call:
     def close(self) -> None:
         """The handler has ended: its streams hold nothing any more (a status may still wait for a slow reader)."""
         self.release()
+        self.reading.cancel()
+        self.writing.cancel()
         if self.streams:
             self.metrics.active_streams.labels(**self.labels).dec(self.streams)
 
@@ -263,7 +305,7 @@ class Call:
         operation = self.context.read()
         if self.tracked.stopping is not None:
             operation = self._unless_stopped(operation)
-        message = await self._bounded(operation, self.idle)
+        message = await self.reading.bound(operation)
         return None if message is grpc.aio.EOF else decoded(message, self.method)
 
     async def _unless_stopped(self, operation: Awaitable[Any]) -> Any:
@@ -281,28 +323,21 @@ class Call:
     async def write(self, message: Any, results: int = 1) -> None:
         """Send ``message``, which carries ``results`` tokens or steps. gRPC's flow control keeps what a client has
         not read within its window, so a client that stops reading stops the stream here."""
-        await self._bounded(self.context.write(message), self.stalled)
+        await self.writing.bound(self.context.write(message))
         if results:
             self.emitted(results)
-
-    async def _bounded(self, operation: Awaitable[Any], ending: Ending) -> Any:
-        """``operation``, or the call ends with ``ending`` once it has taken its time (a timer: no task per
-        message)."""
-        timer = asyncio.get_running_loop().call_later(self.timeouts[ending], self.tracked.end, ending)
-        try:
-            return await operation
-        finally:
-            timer.cancel()
 
     def emitted(self, count: int = 1) -> None:
         now = time.perf_counter()
         if self.results == 0:
             self.metrics.first_result.labels(**self.labels).observe(now - self.started)
+            self.per_result = (self.metrics.inter_token.labels(**self.labels),
+                               self.metrics.results_of(self.task).labels(**self.labels))
         else:
-            self.metrics.inter_token.labels(**self.labels).observe(now - self.last)
+            self.per_result[0].observe(now - self.last)
         self.results += count
         self.last = now
-        self.metrics.results_of(self.task).labels(**self.labels).inc(count)
+        self.per_result[1].inc(count)
 
     def finish(self, code: grpc.StatusCode) -> None:
         """Record the call once it is over: a client that went away reads as the end of its stream, so

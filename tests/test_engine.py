@@ -217,7 +217,7 @@ def test_gather_all_cancels_the_others_when_one_fails() -> None:
 
 
 def test_scheduler_batches_within_the_window_up_to_max_batch() -> None:
-    async def scenario(wait_ms: float) -> list[int]:
+    async def scenario(wait_ms: float, spacing: float) -> list[int]:
         model, sessions = fake_model()
         config = Config(max_wait_ms=wait_ms, max_batch=4, max_streams=8)
         runner = ModelRunner(model, config, Metrics())
@@ -227,14 +227,15 @@ def test_scheduler_batches_within_the_window_up_to_max_batch() -> None:
                 await asyncio.sleep(delay)
                 return await runner.run("encoder", {"src_ids": np.ones((rows, 3), np.int64),
                                                     "src_lengths": np.full(rows, 3)})
-            outputs = await asyncio.gather(one(0, 1), one(0.01, 1), one(0.02, 2), one(0.03, 2))
+            outputs = await asyncio.gather(one(0, 1), one(spacing, 1), one(2 * spacing, 2), one(3 * spacing, 2))
         finally:
             await runner.stop()
         assert [len(o["keys"]) for o in outputs] == [1, 1, 2, 2]
         return sessions["encoder"].batches
 
-    assert asyncio.run(scenario(wait_ms=200)) == [4, 2]  # the window gathers up to max_batch rows
-    assert asyncio.run(scenario(wait_ms=0)) == [1, 1, 2, 2]  # no window: whatever is queued runs at once
+    assert asyncio.run(scenario(wait_ms=200, spacing=0.01)) == [4, 2]  # the window gathers up to max_batch rows
+    # no window: whatever is queued runs at once (arrivals 0.1 s apart: a loaded machine keeps them apart)
+    assert asyncio.run(scenario(wait_ms=0, spacing=0.1)) == [1, 1, 2, 2]
 
 
 def test_scheduler_skips_requests_cancelled_while_queued_and_keeps_state_per_slot() -> None:
@@ -307,6 +308,33 @@ def test_generator_admits_waiting_sequences_as_rows_finish_and_drops_closed_ones
         assert max(sessions["decoder_step"].batches) <= 2
         assert sum(sessions["decoder_step"].batches) < 3 + 400 + 2  # the abandoned row stopped early
         assert graph.slots.in_use == 0
+
+    asyncio.run(scenario())
+
+
+def test_generator_rows_that_join_where_others_left_keep_their_own_state_and_context() -> None:
+    """Rows leave and join at almost every step (``Batch.replace``): joining rows take the places of rows that left
+    (shorter sources padded in place, longer ones re-gathered), the rows left over are compacted; every sequence
+    still sees only its own state and keys, padded with the context's pad."""
+    async def scenario() -> None:
+        gen, graph, sessions = generator(Config(max_batch=4, max_streams=16))
+        gen.start()
+        sources = [list(range(10, 10 + n)) for n in (3, 1, 5, 2, 6, 1, 4, 2, 3, 7, 1, 2)]
+        limits = [2, 5, 1, 3, 2, 4, 1, 6, 2, 3, 1, 2]
+
+        async def one(ids: list[int], limit: int):
+            with gen.open(source(ids), first_token(), limit, graph.slots.lease(1)) as sequence:
+                return [item async for chunk in sequence.chunks(1) for item in chunk]
+
+        results = await asyncio.gather(*(one(ids, limit) for ids, limit in zip(sources, limits, strict=True)))
+        await gen.stop()
+        for ids, limit, got in zip(sources, limits, results, strict=True):
+            assert [count for count, _ in got] == [len(ids) + step for step in range(1, limit + 1)]
+            for _, attention in got:
+                np.testing.assert_array_equal(attention[: len(ids)], ids)
+                assert (attention[len(ids):] == -1).all()
+        assert max(sessions["decoder_step"].batches) == 4 and graph.slots.in_use == 0
+        assert sum(sessions["decoder_step"].batches) == sum(limits)  # no row stepped after its end
 
     asyncio.run(scenario())
 
