@@ -113,10 +113,12 @@ def merge(panels: list[Panel]) -> Panel:
                  [v for p in panels for v in p.values], np.concatenate([p.start_months for p in panels]))
 
 
-def training_panel(data_dir: Path = DATA_DIR) -> Panel:
-    """aus_retail first (its rows keep their order), then the other ``TRAINING`` collections, each
+def training_panel(names: tuple[str, ...] = TRAINING, data_dir: Path = DATA_DIR) -> Panel:
+    """aus_retail first (its rows keep their order), then the other collections of ``names``, each
     series cut to its last ``EXTRA_HISTORY`` months."""
-    extra = [load_collection(name, data_dir) for name in TRAINING[1:]]
+    if names[:1] != ("aus_retail",) or set(names) - set(TRAINING):
+        raise ValueError(f"collections {names}: aus_retail first, then any of {TRAINING[1:]}")
+    extra = [load_collection(name, data_dir) for name in names[1:]]
     extra = [Panel(p.ids, p.names, [v[-EXTRA_HISTORY:] for v in p.values],
                    (p.start_months + [max(len(v) - EXTRA_HISTORY, 0) for v in p.values]) % 12) for p in extra]
     return merge([load_panel(data_dir / "aus_retail.csv"), *extra])
@@ -142,6 +144,20 @@ def holdout_panel(data_dir: Path = DATA_DIR) -> Panel:
     if missing:
         raise ValueError(f"hold-out series missing from {data_dir}: {missing[:5]}")
     return panel.subset([index[series_id] for series_id in frozen])
+
+
+def load_co2(origins: int = 5) -> Panel:
+    """A steadily rising real series that no panel holds: Mauna Loa CO2 (statsmodels' weekly data),
+    monthly means, March 1958 to December 2001 (526 months; the 5 months without a reading are
+    interpolated linearly). ``origins`` copies, each cut ``HORIZON`` months shorter than the last,
+    so their test horizons are the last ``origins`` two-year spans."""
+    import statsmodels.api as sm
+
+    weekly = sm.datasets.co2.load_pandas().data["co2"]
+    monthly = weekly.resample("MS").mean().interpolate().to_numpy(dtype=np.float64)
+    values = [monthly[: len(monthly) - k * HORIZON] for k in range(origins)]
+    return Panel([f"co2/-{k * HORIZON}" for k in range(origins)], ["Mauna Loa CO2"] * origins, values,
+                 np.full(origins, 2, dtype=np.int64))  # March
 
 
 def feature_size(lags: tuple[int, ...]) -> int:
