@@ -2,11 +2,12 @@
 
 ``step``: ``value [batch, 1]`` (``z[t-1]``), ``features [batch, 15]`` (one-hot month of the
 target month ``t``, January first, then ``z[t-12]``, ``z[t-13]``, ``z[t-24]``) and the state
-``h``, ``c`` (and for the Holt–Winters hybrid ``level``, ``season``) -> ``quantiles [batch, 9]``
-(the 0.1 … 0.9 quantiles of ``z[t]``, in model units: ``y = scale * exp(q)``) and ``h_next``,
-``c_next`` (``level_next``, ``season_next``). The state is batch-first, ``[batch, members * layers,
-hidden]`` (``[batch, members, 1]`` and ``[batch, members, 12]``); the wrapper transposes to and
-from the ``[members * layers, batch, hidden]`` that ``torch.nn.LSTM`` uses. Scaling, features and the rollout stay
+``h``, ``c`` (and for the Holt–Winters hybrid ``level``, ``season``, ``count``) -> ``quantiles
+[batch, 9]`` (the 0.1 … 0.9 quantiles of ``z[t]``, in model units: ``y = scale * exp(q)``) and
+``h_next``, ``c_next`` (``level_next``, ``season_next``, ``count_next``). The state is batch-first,
+``[batch, members * layers, hidden]`` (``[batch, members, 1]``, ``[batch, members, 12]``,
+``[batch, members, 1]``); the wrapper transposes to and from the ``[members * layers, batch,
+hidden]`` that ``torch.nn.LSTM`` uses. Scaling, features and the rollout stay
 outside the graph and are written into the manifest (see docs/forecast.md).
 """
 

@@ -52,7 +52,7 @@ def test_step_rollout_matches_pytorch_for_every_batch_size(exported: tuple) -> N
     step = describe_graph(shipped.path / "step.onnx")  # the saved graph, not the manifest's copy
     assert all(tensor["shape"][0] == "batch" for tensor in step["inputs"] + step["outputs"])
     rnn = [(cfg.members * cfg.layers, cfg.hidden)] * 2
-    holt_winters = [(cfg.members, 1), (cfg.members, 12)] if cfg.smoothing == "holt-winters" else []
+    holt_winters = [(cfg.members, 1), (cfg.members, 12), (cfg.members, 1)] if cfg.smoothing == "holt-winters" else []
     assert [s.shape for s in shipped.manifest.state_of("step")] == rnn + holt_winters
 
     panel = synthetic_panel(17)

@@ -92,21 +92,25 @@ def test_holdout_is_the_frozen_rule_and_shares_no_source_with_training() -> None
     assert all(len(v) >= HORIZON + 48 and (v > 0).all() for v in holdout.values)
 
 
-def test_holt_winters_states_follow_their_equations() -> None:
-    """One step by hand: the level and the month's seasonal term move toward the observed value."""
+@pytest.mark.parametrize("count", [0.0, 3.0, 100.0])
+def test_holt_winters_states_follow_their_equations(count: float) -> None:
+    """One step by hand: the level and the month's seasonal term move toward the observed value; in the
+    first year the level is the running mean and the term the value's deviation from it."""
     model = small_model("holt-winters")
     alpha, gamma = torch.sigmoid(model.smoothing).tolist()
     level, season = torch.tensor([[[0.2]]]), torch.linspace(-0.5, 0.6, 12).reshape(1, 1, 12)
-    state = (*model.initial_state(1)[:2], level, season)
+    state = (*model.initial_state(1)[:2], level, season, torch.tensor([[[count]]]))
     month = 4  # the target is May, so the value read is April's (index 3)
     features = torch.cat([torch.nn.functional.one_hot(torch.tensor([month]), 12).float(), torch.zeros(1, 1)], -1)
     with torch.no_grad():
         quantiles, new = model.step(torch.tensor([[1.0]]), features, state)
     april = season[0, 0, 3].item()
-    expected_level = 0.2 + alpha * (1.0 - april - 0.2)
-    expected_april = april + gamma * (1.0 - expected_level - april)
+    a, g = max(alpha, 1 / (count + 1)), (1.0 if count < 12 else gamma)
+    expected_level = 0.2 + a * (1.0 - april - 0.2)
+    expected_april = april + g * (1.0 - expected_level - april)
     assert new[2].item() == pytest.approx(expected_level, abs=1e-6)
     assert new[3][0, 0, 3].item() == pytest.approx(expected_april, abs=1e-6)
+    assert new[4].item() == count + 1
     others = [m for m in range(12) if m != 3]
     torch.testing.assert_close(new[3][0, 0, others], season[0, 0, others])
     # the median is the level plus May's seasonal term plus a bounded offset
@@ -235,7 +239,7 @@ def test_cli_trains_evaluates_and_saves_a_rebuildable_model(tmp_path: Path, data
         "layers": 1,
     }
     options |= {"context": 24, "baselines": "seasonal_naive", "fan-series": 2, "cell": "gru", "refit": 1,
-                "baseline-cache": str(tmp_path / "baselines")}
+                "baseline-cache": str(tmp_path / "baselines"), "workers": 2}
     args = [part for name, value in options.items() for part in (f"--{name}", str(value))]
     forecast.main([*args, "--out", str(tmp_path)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())

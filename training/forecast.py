@@ -84,6 +84,7 @@ class Config:
     refit: int = 0
     series: int = 0
     threads: int = 1
+    workers: int = 1  # members trained at once, each in its own process (same result: each member reseeds)
     baselines: str = ",".join(BASELINES)
     baseline_cache: str = "runs/forecast-baselines"  # statsforecast's forecasts, kept between runs
     fan_series: int = 4
@@ -328,6 +329,23 @@ def plot_fan_chart(
     plt.close(fig)
 
 
+def _train_member(cfg: Config, panel: Panel, seed: int) -> tuple[Forecaster, dict[str, list[float]], dict]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return train_model(cfg, panel, seed)
+
+
+def train_members(cfg: Config, panel: Panel) -> list[tuple[Forecaster, dict[str, list[float]], dict]]:
+    """``train_model`` for seeds ``seed … seed + members - 1``, ``workers`` processes at a time."""
+    seeds = [cfg.seed + k for k in range(cfg.members)]
+    if cfg.workers <= 1:
+        return [train_model(cfg, panel, seed) for seed in seeds]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(cfg.workers, cfg.members)) as pool:
+        return list(pool.map(_train_member, [cfg] * len(seeds), [panel] * len(seeds), seeds))
+
+
 def evaluate_panel(
     model: StepModel, cfg: Config, panel: Panel, name: str, extra: dict[str, StepModel]
 ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
@@ -351,7 +369,7 @@ def run(cfg: Config, out: Path, data_dir: Path = DATA_DIR) -> dict:
     if cfg.series:
         panel = panel.subset(np.linspace(0, len(panel.ids) - 1, cfg.series).round().astype(int))
     out.mkdir(parents=True, exist_ok=True)
-    trained = [train_model(cfg, panel, cfg.seed + k) for k in range(cfg.members)]
+    trained = train_members(cfg, panel)
     selected = Ensemble([member for member, _, _ in trained]).eval()
     validation_history = panel.cut(2 * HORIZON)
     validation = scores(

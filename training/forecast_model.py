@@ -89,14 +89,18 @@ class HoltWintersForecaster(Forecaster):
     """ES-RNN: Holt–Winters level and seasonality inside the step, the RNN on what they leave.
 
     In model units (``z``, log of the scaled series) the multiplicative Holt–Winters model is
-    additive. Two more states per series, zeros at the start like the RNN's: ``level [1, B, 1]``
-    and ``season [1, B, 12]`` (one term per calendar month). Each step first reads the observed
-    (or fed-back) ``v = z[t-1]`` of month ``m-1``, with global smoothing weights ``alpha`` and
-    ``gamma`` (learned, in (0, 1)):
+    additive. Three more states per series, zeros at the start like the RNN's: ``level [1, B, 1]``,
+    ``season [1, B, 12]`` (one term per calendar month) and ``count [1, B, 1]`` (values read). Each
+    step first reads the observed (or fed-back) ``v = z[t-1]`` of month ``m-1``, with global
+    smoothing weights ``alpha`` and ``gamma`` (learned, in (0, 1)):
 
-        level  <- level + alpha (v - season[m-1] - level)
-        season[m-1] <- season[m-1] + gamma (v - level - season[m-1])
+        a = max(alpha, 1 / (count + 1));  g = 1 while count < 12, else gamma
+        level  <- level + a (v - season[m-1] - level)
+        season[m-1] <- season[m-1] + g (v - level - season[m-1])
+        count  <- count + 1
 
+    so the first year initialises them (the level is the running mean, each month's term its
+    first deviation from it), as the classical start of Holt–Winters does, and then they smooth.
     The RNN reads the deseasonalised, level-normalised ``v - level - season[m-1]``, the lags
     relative to the level, ``season[m]`` and the month; it forecasts the quantiles of
     ``z[t] - level - season[m]``. The median's offset is bounded (``bound · tanh``), so a fed-back
@@ -108,21 +112,22 @@ class HoltWintersForecaster(Forecaster):
 
     def __init__(self, *args: object, bound: float = 0.5, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.state_names = (*self.state_names, "level", "season")
+        self.state_names = (*self.state_names, "level", "season", "count")
         self.skip_column = None
         self.bound = bound
         self.smoothing = nn.Parameter(torch.logit(torch.tensor([0.3, 0.3])))  # alpha, gamma
 
     def initial_state(self, batch: int) -> State:
-        return (*super().initial_state(batch), torch.zeros(1, batch, 1), torch.zeros(1, batch, SEASON))
+        zeros = torch.zeros(1, batch, 1)
+        return (*super().initial_state(batch), zeros, torch.zeros(1, batch, SEASON), zeros.clone())
 
     def forward(
         self, values: torch.Tensor, features: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
         if state is None:
             state = self.initial_state(values.shape[0])
-        *rnn_state, level, season = state
-        level, season = level[0], season[0]
+        *rnn_state, level, season, count = state
+        level, season, count = level[0], season[0], count[0]
         alpha, gamma = torch.sigmoid(self.smoothing).unbind()
         month = features[..., :SEASON]
         previous = torch.cat([month[..., 1:], month[..., :1]], dim=-1)  # one-hot month of t - 1
@@ -130,9 +135,10 @@ class HoltWintersForecaster(Forecaster):
         for t in range(values.shape[1]):
             value = values[:, t]
             old = (season * previous[:, t]).sum(-1, keepdim=True)
-            level = level + alpha * (value - old - level)
-            new = old + gamma * (value - level - old)
+            level = level + torch.maximum(alpha, 1 / (count + 1)) * (value - old - level)
+            new = old + torch.where(count < SEASON, 1.0, gamma) * (value - level - old)
             season = season + previous[:, t] * (new - old)
+            count = count + 1
             levels.append(level)
             seasons.append((season * month[:, t]).sum(-1, keepdim=True))
             signals.append(value - level - new)
@@ -144,7 +150,7 @@ class HoltWintersForecaster(Forecaster):
         median = self.bound * torch.tanh(raw[..., MEDIAN : MEDIAN + 1] / self.bound)
         raw = torch.cat([raw[..., :MEDIAN], median, raw[..., MEDIAN + 1 :]], dim=-1)
         quantiles = ordered_quantiles(raw) + level_t + season_t
-        return quantiles, (*new_rnn, level[None], season[None])
+        return quantiles, (*new_rnn, level[None], season[None], count[None])
 
 
 class Ensemble(StepModel):
