@@ -46,7 +46,7 @@ compare-sentiment: data
 	$(PY) -m training.compare_cells --out runs/compare
 
 train-forecast: data
-	$(PY) -m training forecast --out runs/forecast
+	$(PY) -m training forecast --workers 3 --out runs/forecast
 
 train-translation: data
 	$(PY) -m training translation --out runs/translation
@@ -55,7 +55,7 @@ train-translation: data
 # Each export runs in its own process (see export/__main__.py).
 models: train-sentiment train-forecast train-translation
 	$(PY) -m export sentiment --checkpoint runs/sentiment/model.pt --out models
-	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models
+	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models --version 2
 	$(PY) -m export translation --checkpoint runs/translation/model.pt --out models
 
 # Score the shipped ONNX models on their test splits (the reference runtime, evaluate/: no torch).

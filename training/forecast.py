@@ -71,7 +71,7 @@ class Config:
     transform: str = "log"
     lags: str = "12,13,24"
     skip_lag: int = 12
-    epochs: int = 10
+    epochs: int = 4
     batches_per_epoch: int = 100
     batch_size: int = 128
     lr: float = 1e-3
@@ -80,7 +80,7 @@ class Config:
     mase_weighting: int = 1
     patience: int = 4
     seed: int = 0
-    members: int = 5
+    members: int = 3
     refit: int = 0
     series: int = 0
     threads: int = 1
@@ -360,8 +360,9 @@ def evaluate_panel(
     return {key: scores(history, actuals, q) for key, q in forecasts.items()}, forecasts
 
 
-def run(cfg: Config, out: Path, data_dir: Path = DATA_DIR) -> dict:
-    """Train the members, forecast the two test sets, run the baselines; write model.pt, metrics.json and PNGs."""
+def run(cfg: Config, out: Path, data_dir: Path = DATA_DIR, trained: list | None = None) -> dict:
+    """Train the members (or take ``trained``, ``train_members``' result from separate runs of the same
+    ``cfg``), forecast the test sets, run the baselines; write model.pt, metrics.json and PNGs."""
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -369,7 +370,7 @@ def run(cfg: Config, out: Path, data_dir: Path = DATA_DIR) -> dict:
     if cfg.series:
         panel = panel.subset(np.linspace(0, len(panel.ids) - 1, cfg.series).round().astype(int))
     out.mkdir(parents=True, exist_ok=True)
-    trained = train_members(cfg, panel)
+    trained = trained or train_members(cfg, panel)
     selected = Ensemble([member for member, _, _ in trained]).eval()
     validation_history = panel.cut(2 * HORIZON)
     validation = scores(
