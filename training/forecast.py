@@ -60,7 +60,7 @@ SMOOTHING = ("holt-winters", "none")
 
 @dataclass
 class Config:
-    smoothing: str = "holt-winters"
+    smoothing: str = "none"
     bound: float = 0.5
     collections: str = ",".join(TRAINING)
     cell: str = "lstm"
@@ -80,7 +80,7 @@ class Config:
     mase_weighting: int = 1
     patience: int = 4
     seed: int = 0
-    members: int = 3
+    members: int = 1
     refit: int = 0
     series: int = 0
     threads: int = 1
