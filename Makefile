@@ -46,7 +46,7 @@ compare-sentiment: data
 	$(PY) -m training.compare_cells --out runs/compare
 
 train-forecast: data
-	$(PY) -m training forecast --out runs/forecast
+	$(PY) -m training forecast --workers 3 --out runs/forecast
 
 train-translation: data
 	$(PY) -m training translation --out runs/translation

@@ -80,7 +80,7 @@ class Config:
     mase_weighting: int = 1
     patience: int = 4
     seed: int = 0
-    members: int = 1
+    members: int = 3
     refit: int = 0
     series: int = 0
     threads: int = 1
