@@ -1,6 +1,7 @@
 """Forecast: the real panel, the scaling rule, the step function, quantiles, training, baselines and the CLI."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,17 @@ def test_baselines_run(panel: Panel) -> None:
         assert quantiles.shape == (2, 6, len(QUANTILES)) and np.isfinite(quantiles).all()
         assert (np.diff(quantiles, axis=-1) >= -1e-9).all()
     np.testing.assert_allclose(result["seasonal_naive"][..., MEDIAN], np.stack([v[-12:-6] for v in history.values]))
+
+
+def test_members_trained_in_parallel_equal_those_trained_one_after_the_other() -> None:
+    cfg = Config(series=6, epochs=1, members=2, batches_per_epoch=2, batch_size=8, hidden=4, layers=1, context=24)
+    panel = training_panel(("aus_retail",)).subset(list(range(0, 150, 30)))
+    alone = forecast.train_members(cfg, panel)
+    parallel = forecast.train_members(replace(cfg, workers=2), panel)
+    for (first, _, _), (second, _, _) in zip(alone, parallel, strict=True):
+        for name, tensor in first.state_dict().items():
+            torch.testing.assert_close(second.state_dict()[name], tensor, rtol=0, atol=0)
+    assert not torch.equal(alone[0][0].head.weight, alone[1][0].head.weight)  # the seeds differ
 
 
 def test_cli_trains_evaluates_and_saves_a_rebuildable_model(tmp_path: Path, data_dir: Path) -> None:
