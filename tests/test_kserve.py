@@ -207,7 +207,11 @@ def test_every_declared_field_matches_tritonclients_descriptors() -> None:
 # --- server, models, metadata -------------------------------------------------------------------------------------
 
 
-def test_liveness_readiness_and_server_metadata(triton_client: triton.InferenceServerClient) -> None:
+def versions(repository: Path, name: str) -> list[str]:
+    return sorted((p.name for p in (repository / name).iterdir() if p.is_dir()), key=int)
+
+
+def test_liveness_readiness_and_server_metadata(triton_client: triton.InferenceServerClient, repository: Path) -> None:
     assert triton_client.is_server_live() and triton_client.is_server_ready()
     for name in (*SHIPPED, "gru"):
         assert triton_client.is_model_ready(name) and triton_client.is_model_ready(name, "1")
@@ -216,7 +220,7 @@ def test_liveness_readiness_and_server_metadata(triton_client: triton.InferenceS
     assert metadata.name == "seqserve" and "sequence" in metadata.extensions
     index = triton_client.get_model_repository_index()
     assert sorted((m.name, m.version, m.state) for m in index.models) == sorted(
-        (name, "1", "READY") for name in (*SHIPPED, "gru"))
+        (name, version, "READY") for name in (*SHIPPED, "gru") for version in versions(repository, name))
 
 
 def test_metadata_and_config_of_every_model_come_from_its_manifest(triton_client: triton.InferenceServerClient,
@@ -239,7 +243,8 @@ def test_metadata_and_config_of_every_model_come_from_its_manifest(triton_client
     }
     for name, (inputs, outputs) in expected.items():
         metadata = triton_client.get_model_metadata(name)
-        assert (metadata.name, list(metadata.versions), metadata.platform) == (name, ["1"], "seqserve")
+        assert (metadata.name, sorted(metadata.versions, key=int), metadata.platform) == (
+            name, versions(repository, name), "seqserve")
         assert tensors(metadata.inputs) == inputs and tensors(metadata.outputs) == outputs, name
         config = triton_client.get_model_config(name).config
         assert config.name == name and [i.name for i in config.input] == list(inputs)
