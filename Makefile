@@ -47,7 +47,7 @@ compare-sentiment: data
 	$(PY) -m training.compare_cells --out runs/compare
 
 train-forecast: data
-	$(PY) -m training forecast --out runs/forecast
+	$(PY) -m training forecast --workers 3 --out runs/forecast
 
 train-translation: data
 	$(PY) -m training translation --sources ding libreoffice_help gettext --out runs/translation
@@ -61,7 +61,7 @@ train-translation-v2: data
 # Each export runs in its own process (see export/__main__.py).
 models: train-sentiment train-forecast train-translation train-translation-v2
 	$(PY) -m export sentiment --checkpoint runs/sentiment/model.pt --out models
-	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models
+	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models --version 2
 	$(PY) -m export translation --checkpoint runs/translation/model.pt --out models
 	$(PY) -m export translation --checkpoint runs/translation-v2/model.pt --out models --version 2
 

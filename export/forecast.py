@@ -2,10 +2,12 @@
 
 ``step``: ``value [batch, 1]`` (``z[t-1]``), ``features [batch, 15]`` (one-hot month of the
 target month ``t``, January first, then ``z[t-12]``, ``z[t-13]``, ``z[t-24]``) and the state
-``h``, ``c`` -> ``quantiles [batch, 9]`` (the 0.1 … 0.9 quantiles of ``z[t]``, in model units:
-``y = scale * exp(q)``) and ``h_next``, ``c_next``. The state is batch-first,
-``[batch, members * layers, hidden]``; the wrapper transposes to and from the ``[members *
-layers, batch, hidden]`` that ``torch.nn.LSTM`` uses. Scaling, features and the rollout stay
+``h``, ``c`` (and for the Holt–Winters hybrid ``level``, ``season``, ``count``) -> ``quantiles
+[batch, 9]`` (the 0.1 … 0.9 quantiles of ``z[t]``, in model units: ``y = scale * exp(q)``) and
+``h_next``, ``c_next`` (``level_next``, ``season_next``, ``count_next``). The state is batch-first,
+``[batch, members * layers, hidden]`` (``[batch, members, 1]``, ``[batch, members, 12]``,
+``[batch, members, 1]``); the wrapper transposes to and from the ``[members * layers, batch,
+hidden]`` that ``torch.nn.LSTM`` uses. Scaling, features and the rollout stay
 outside the graph and are written into the manifest (see docs/forecast.md).
 """
 
@@ -103,26 +105,31 @@ def export(checkpoint: Path, out_dir: Path, metrics: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     batch = 3  # not 1: a batch of one could be specialised away
     state = tuple(s.transpose(0, 1).contiguous() for s in model.initial_state(batch))
-    names = ["h", "c"][: len(state)]
+    names = list(model.state_names)
     features = torch.zeros(batch, feature_size(cfg.lag_tuple))
     graph = export_graph(
         ForecastStep(model), (torch.zeros(batch, 1), features, state), out_dir / "step.onnx",
         ["value", "features", *names], ["quantiles", *[f"{n}_next" for n in names]],
         {name: {0: "batch"} for name in ["value", "features", *names]},
     )
-    test = metrics.get("test", {})
+    test, holdout = metrics.get("test", {}), metrics.get("holdout", {})
     return write_manifest(out_dir, {
         "task": "forecast",
-        "description": f"{cfg.members}-member {cfg.cell.upper()} quantile forecaster (aus_retail, monthly)",
+        "description": f"{cfg.members}-member {cfg.cell.upper()} quantile forecaster"
+                       + (" with Holt-Winters level and seasonality (ES-RNN)" if cfg.smoothing != "none" else "")
+                       + f" ({cfg.collections.replace(',', ', ')}; monthly)",
         "graphs": {"step": graph},
-        "state": [{"graph": "step", "input": n, "output": f"{n}_next", "shape": list(state[0].shape[1:]),
-                   "dtype": "float32", "initial": 0.0} for n in names],
+        "state": [{"graph": "step", "input": n, "output": f"{n}_next", "shape": list(s.shape[1:]),
+                   "dtype": "float32", "initial": 0.0} for n, s in zip(names, state, strict=True)],
         "preprocessing": preprocessing(cfg),
-        "model": {"cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden, "members": cfg.members,
+        "model": {"smoothing": cfg.smoothing, "cell": cfg.cell, "layers": cfg.layers, "hidden": cfg.hidden,
+                  "members": cfg.members,
                   "parameters": sum(p.numel() for p in model.parameters())},
         "metrics": {
             **{f"test_{k}": v for k, v in test.get("model", {}).items() if k in METRICS},
-            "baselines": {name: {f"test_{k}": v for k, v in scores.items() if k in METRICS}
+            **{f"holdout_{k}": v for k, v in holdout.get("model", {}).items() if k in METRICS},
+            "baselines": {name: {**{f"test_{k}": v for k, v in scores.items() if k in METRICS},
+                                 **{f"holdout_{k}": v for k, v in holdout.get(name, {}).items() if k in METRICS}}
                           for name, scores in test.items() if name in BASELINES},
             **({"dataset_sizes": metrics["dataset_sizes"]} if "dataset_sizes" in metrics else {}),
         },

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from contract.repository import Model, load_model
+from contract.repository import load_model
 from evaluate import forecast_quantiles
 from export.onnx_io import describe_graph
 from training.forecast import Config, forecast_panel
@@ -19,12 +19,13 @@ from training.forecast_data import HORIZON, Panel
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Config, Model]:
-    """A tiny two-member ensemble with random weights, exported in a fresh process as `make models` does."""
+@pytest.fixture(scope="module", params=["holt-winters", "none"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A tiny two-member ensemble with random weights, exported in a fresh process as `make models` does:
+    the Holt–Winters hybrid (v2) and the plain LSTM (v1)."""
     tmp_path = tmp_path_factory.mktemp("forecast")
     torch.manual_seed(0)
-    cfg = Config(hidden=8, layers=2, members=2, dropout=0.0, context=30)
+    cfg = Config(smoothing=request.param, hidden=8, layers=2, members=2, dropout=0.0, context=30)
     model = cfg.build().eval()
     run = tmp_path / "run"
     run.mkdir()
@@ -50,7 +51,9 @@ def test_step_rollout_matches_pytorch_for_every_batch_size(exported: tuple) -> N
     model, cfg, shipped = exported
     step = describe_graph(shipped.path / "step.onnx")  # the saved graph, not the manifest's copy
     assert all(tensor["shape"][0] == "batch" for tensor in step["inputs"] + step["outputs"])
-    assert [s.shape for s in shipped.manifest.state_of("step")] == [(cfg.members * cfg.layers, cfg.hidden)] * 2
+    rnn = [(cfg.members * cfg.layers, cfg.hidden)] * 2
+    holt_winters = [(cfg.members, 1), (cfg.members, 12), (cfg.members, 1)] if cfg.smoothing == "holt-winters" else []
+    assert [s.shape for s in shipped.manifest.state_of("step")] == rnn + holt_winters
 
     panel = synthetic_panel(17)
     expected = forecast_panel(model, panel, cfg.context, cfg.transform)

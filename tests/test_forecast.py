@@ -1,6 +1,7 @@
 """Forecast: the real panel, the scaling rule, the step function, quantiles, training, baselines and the CLI."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,15 @@ from contract.forecast import EPS, FLOOR, decode, encode, fit_scale, prefix_leng
 from training import forecast
 from training.forecast import Config, baseline_forecasts, forecast_panel, scores
 from training.forecast_data import (
+    HOLDOUT_FILE,
     HORIZON,
+    TRAINING,
     Panel,
     gather_windows,
+    holdout_panel,
     load_panel,
+    select_holdout,
+    training_panel,
     training_windows,
 )
 from training.forecast_model import (
@@ -22,6 +28,7 @@ from training.forecast_model import (
     QUANTILES,
     Ensemble,
     Forecaster,
+    HoltWintersForecaster,
     StepModel,
     ordered_quantiles,
     pinball_loss,
@@ -39,10 +46,17 @@ def panel(data_dir: Path) -> Panel:
 
 
 def small_model(cell: str, seed: int = 0) -> StepModel:
-    """A small Forecaster of ``cell``, or for ``"ensemble"`` an Ensemble of two different LSTMs."""
-    if cell == "ensemble":
-        return Ensemble([small_model("lstm", 1), small_model("lstm", 2)]).eval()
+    """A small Forecaster of ``cell``; ``"holt-winters"``: the ES-RNN hybrid (an LSTM); ``"ensemble"``: two
+    different LSTMs; ``"holt-winters ensemble"``: two different hybrids."""
+    if cell.endswith("ensemble"):
+        member = cell.removesuffix("ensemble").strip() or "lstm"
+        return Ensemble([small_model(member, 1), small_model(member, 2)]).eval()
     torch.manual_seed(seed)
+    if cell == "holt-winters":
+        model = HoltWintersForecaster("lstm", hidden=16, layers=2, dropout=0.0, lags=LAGS)
+        with torch.no_grad():  # smoothing weights away from their initial value, different per member
+            model.smoothing.copy_(torch.randn(2))
+        return model.eval()
     return Forecaster(cell, hidden=16, layers=2, dropout=0.0, lags=LAGS, skip_lag=12).eval()
 
 
@@ -58,6 +72,51 @@ def test_panel_is_the_real_aus_retail(panel: Panel) -> None:
     assert lengths == [140, 369, 441]
     assert all(np.isfinite(v).all() and (v > 0).all() for v in panel.values)
     assert set(panel.start_months.tolist()) == {3, 6}  # April 1982 / 1988, July 1998
+
+
+def test_training_panel_adds_collections_after_aus_retail(panel: Panel) -> None:
+    both = training_panel(TRAINING[:2])
+    assert both.ids[: len(panel.ids)] == panel.ids
+    extra = both.ids[len(panel.ids) :]
+    assert extra and all(i.startswith("us_employment/Employed/") for i in extra)
+    assert all(72 + 24 <= len(v) <= 360 and (v > 0).all() for v in both.values[len(panel.ids) :])
+    with pytest.raises(ValueError, match="aus_retail first"):
+        training_panel(("us_employment",))
+
+
+def test_holdout_is_the_frozen_rule_and_shares_no_source_with_training() -> None:
+    frozen = json.loads(HOLDOUT_FILE.read_text())["series"]
+    assert select_holdout() == frozen and len(frozen) == 120  # the rule, rerun, gives the frozen list
+    assert not {series_id.split("/")[0] for series_id in frozen} & set(TRAINING)
+    holdout = holdout_panel()
+    assert holdout.ids == frozen
+    assert all(len(v) >= HORIZON + 48 and (v > 0).all() for v in holdout.values)
+
+
+@pytest.mark.parametrize("count", [0.0, 3.0, 100.0])
+def test_holt_winters_states_follow_their_equations(count: float) -> None:
+    """One step by hand: the level and the month's seasonal term move toward the observed value; in the
+    first year the level is the running mean and the term the value's deviation from it."""
+    model = small_model("holt-winters")
+    alpha, gamma = torch.sigmoid(model.smoothing).tolist()
+    level, season = torch.tensor([[[0.2]]]), torch.linspace(-0.5, 0.6, 12).reshape(1, 1, 12)
+    state = (*model.initial_state(1)[:2], level, season, torch.tensor([[[count]]]))
+    month = 4  # the target is May, so the value read is April's (index 3)
+    features = torch.cat([torch.nn.functional.one_hot(torch.tensor([month]), 12).float(), torch.zeros(1, 1)], -1)
+    with torch.no_grad():
+        quantiles, new = model.step(torch.tensor([[1.0]]), features, state)
+    april = season[0, 0, 3].item()
+    a, g = max(alpha, 1 / (count + 1)), (1.0 if count < 12 else gamma)
+    expected_level = 0.2 + a * (1.0 - april - 0.2)
+    expected_april = april + g * (1.0 - expected_level - april)
+    assert new[2].item() == pytest.approx(expected_level, abs=1e-6)
+    assert new[3][0, 0, 3].item() == pytest.approx(expected_april, abs=1e-6)
+    assert new[4].item() == count + 1
+    others = [m for m in range(12) if m != 3]
+    torch.testing.assert_close(new[3][0, 0, others], season[0, 0, others])
+    # the median is the level plus May's seasonal term plus a bounded offset
+    offset = quantiles[0, MEDIAN].item() - expected_level - season[0, 0, month].item()
+    assert abs(offset) <= model.bound
 
 
 @pytest.mark.parametrize("transform", ["log", "identity"])
@@ -80,7 +139,7 @@ def test_scaler_round_trips_and_follows_the_documented_rule(panel: Panel, transf
     )
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "ensemble"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "ensemble", "holt-winters", "holt-winters ensemble"])
 def test_step_by_step_equals_teacher_forced_pass(panel: Panel, cell: str) -> None:
     model, context = small_model(cell), 36
     scaled, months, _ = windows(panel, [0, 42, 149], context)
@@ -170,6 +229,17 @@ def test_baselines_run(panel: Panel) -> None:
     np.testing.assert_allclose(result["seasonal_naive"][..., MEDIAN], np.stack([v[-12:-6] for v in history.values]))
 
 
+def test_members_trained_in_parallel_equal_those_trained_one_after_the_other() -> None:
+    cfg = Config(series=6, epochs=1, members=2, batches_per_epoch=2, batch_size=8, hidden=4, layers=1, context=24)
+    panel = training_panel(("aus_retail",)).subset(list(range(0, 150, 30)))
+    alone = forecast.train_members(cfg, panel)
+    parallel = forecast.train_members(replace(cfg, workers=2), panel)
+    for (first, _, _), (second, _, _) in zip(alone, parallel, strict=True):
+        for name, tensor in first.state_dict().items():
+            torch.testing.assert_close(second.state_dict()[name], tensor, rtol=0, atol=0)
+    assert not torch.equal(alone[0][0].head.weight, alone[1][0].head.weight)  # the seeds differ
+
+
 def test_cli_trains_evaluates_and_saves_a_rebuildable_model(tmp_path: Path, data_dir: Path) -> None:
     options = {
         "series": 6,
@@ -180,11 +250,12 @@ def test_cli_trains_evaluates_and_saves_a_rebuildable_model(tmp_path: Path, data
         "hidden": 8,
         "layers": 1,
     }
-    options |= {"context": 24, "baselines": "seasonal_naive", "fan-series": 2, "cell": "gru", "refit": 1}
+    options |= {"context": 24, "baselines": "seasonal_naive", "fan-series": 2, "cell": "gru", "refit": 1,
+                "baseline-cache": str(tmp_path / "baselines"), "workers": 2}
     args = [part for name, value in options.items() for part in (f"--{name}", str(value))]
     forecast.main([*args, "--out", str(tmp_path)])
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(metrics["test"]) == {"model", "model_without_refit", "seasonal_naive"}
+    assert set(metrics["test"]) == set(metrics["holdout"]) == {"model", "model_without_refit", "seasonal_naive"}
     assert metrics["dataset_sizes"]["series"] == 6 and [m["epochs_run"] for m in metrics["members"]] == [2, 2]
     assert [m["epochs_run"] for m in metrics["refits"]] == [m["best_epoch"] for m in metrics["members"]]
     assert metrics["refits"][0]["training_windows"] > metrics["members"][0]["training_windows"]

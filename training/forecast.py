@@ -1,7 +1,9 @@
-"""Probabilistic monthly forecasting: one global recurrent quantile model for all aus_retail series.
+"""Probabilistic monthly forecasting: one global recurrent quantile model for many monthly series.
 
-    python -m training forecast [--cell lstm|gru] [--out runs/forecast] ...
+    python -m training forecast [--smoothing holt-winters|none] [--cell lstm|gru] [--out runs/forecast] ...
 
+It trains on ``--collections`` (aus_retail, us_employment, aus_livestock from fpp3) and is scored
+on aus_retail's test horizon and on the frozen cross-dataset hold-out (``forecast_holdout.json``).
 The last 24 months of every series are the test horizon, the 24 before them validation.
 Each of ``--members`` models (seeds ``seed``, ``seed + 1``, …) trains on windows whose targets
 end before the validation horizon and keeps its epoch with the best validation MASE; with
@@ -27,13 +29,17 @@ from tqdm.auto import tqdm
 from contract.forecast import EPS, FLOOR, TRANSFORMS, decode, encode, prefix_length
 from training.common import EarlyStopping, add_config_arguments, git_commit, plot_curves, set_seed, write_json
 from training.forecast_data import (
-    DATA_FILE,
+    DATA_DIR,
     HORIZON,
     SEASON,
+    TRAINING,
     Panel,
     gather_windows,
+    holdout_panel,
+    load_co2,
     load_panel,
     season_naive_mae,
+    training_panel,
     training_windows,
 )
 from training.forecast_model import (
@@ -42,16 +48,21 @@ from training.forecast_model import (
     RNN_MODULES,
     Ensemble,
     Forecaster,
+    HoltWintersForecaster,
     StepModel,
     pinball_loss,
     rollout,
 )
 
 BASELINES = ("seasonal_naive", "ets", "autoarima")
+SMOOTHING = ("holt-winters", "none")
 
 
 @dataclass
 class Config:
+    smoothing: str = "none"
+    bound: float = 0.5
+    collections: str = ",".join(TRAINING)
     cell: str = "lstm"
     hidden: int = 64
     layers: int = 2
@@ -60,7 +71,7 @@ class Config:
     transform: str = "log"
     lags: str = "12,13,24"
     skip_lag: int = 12
-    epochs: int = 10
+    epochs: int = 4
     batches_per_epoch: int = 100
     batch_size: int = 128
     lr: float = 1e-3
@@ -69,11 +80,13 @@ class Config:
     mase_weighting: int = 1
     patience: int = 4
     seed: int = 0
-    members: int = 5
+    members: int = 3
     refit: int = 0
     series: int = 0
     threads: int = 1
+    workers: int = 1  # members trained at once, each in its own process (same result: each member reseeds)
     baselines: str = ",".join(BASELINES)
+    baseline_cache: str = "runs/forecast-baselines"  # statsforecast's forecasts, kept between runs
     fan_series: int = 4
 
     @property
@@ -81,6 +94,9 @@ class Config:
         return tuple(int(lag) for lag in self.lags.split(",") if lag.strip())
 
     def member(self) -> Forecaster:
+        if self.smoothing == "holt-winters":
+            return HoltWintersForecaster(self.cell, self.hidden, self.layers, self.dropout, self.lag_tuple,
+                                         bound=self.bound)
         return Forecaster(self.cell, self.hidden, self.layers, self.dropout, self.lag_tuple, self.skip_lag)
 
     def build(self) -> Ensemble:
@@ -180,6 +196,20 @@ def baseline_forecasts(history: Panel, names: list[str], horizon: int = HORIZON)
         results[name] = fitted[columns].to_numpy().reshape(len(history.values), horizon, len(QUANTILES))
         tqdm.write(f"{name}: {time.time() - started:.1f}s")
     return results
+
+
+def cached_baselines(history: Panel, names: list[str], cache: Path, horizon: int = HORIZON) -> dict[str, np.ndarray]:
+    """``baseline_forecasts``, kept in ``cache`` (an ``.npz``, with the series ids it was computed for)
+    and recomputed only for baselines that are missing or were computed for other series."""
+    stored = dict(np.load(cache, allow_pickle=False)) if cache.exists() else {}
+    same = "ids" in stored and list(stored["ids"]) == history.ids
+    missing = [name for name in names if not same or name not in stored]
+    if missing:
+        stored = {k: v for k, v in stored.items() if same and k != "ids"}
+        stored |= baseline_forecasts(history, missing, horizon)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, ids=np.array(history.ids), **stored)
+    return {name: stored[name] for name in names}
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -299,16 +329,48 @@ def plot_fan_chart(
     plt.close(fig)
 
 
-def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
-    """Train the members, forecast the test horizon, run the baselines; write model.pt, metrics.json and PNGs."""
+def _train_member(cfg: Config, panel: Panel, seed: int) -> tuple[Forecaster, dict[str, list[float]], dict]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return train_model(cfg, panel, seed)
+
+
+def train_members(cfg: Config, panel: Panel) -> list[tuple[Forecaster, dict[str, list[float]], dict]]:
+    """``train_model`` for seeds ``seed … seed + members - 1``, ``workers`` processes at a time."""
+    seeds = [cfg.seed + k for k in range(cfg.members)]
+    if cfg.workers <= 1:
+        return [train_model(cfg, panel, seed) for seed in seeds]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(cfg.workers, cfg.members)) as pool:
+        return list(pool.map(_train_member, [cfg] * len(seeds), [panel] * len(seeds), seeds))
+
+
+def evaluate_panel(
+    model: StepModel, cfg: Config, panel: Panel, name: str, extra: dict[str, StepModel]
+) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
+    """Scores on the last ``HORIZON`` months of every series of ``panel``: the model, ``extra`` models
+    and the baselines (cached under ``cfg.baseline_cache``), forecast from the history before them."""
+    history = panel.cut(HORIZON)
+    actuals = np.stack([v[-HORIZON:] for v in panel.values])
+    forecasts = {"model": forecast_panel(model, history, cfg.context, cfg.transform)}
+    forecasts |= {key: forecast_panel(m, history, cfg.context, cfg.transform) for key, m in extra.items()}
+    names = [b for b in cfg.baselines.split(",") if b]
+    forecasts |= cached_baselines(history, names, Path(cfg.baseline_cache) / f"{name}_{len(panel.ids)}.npz")
+    return {key: scores(history, actuals, q) for key, q in forecasts.items()}, forecasts
+
+
+def run(cfg: Config, out: Path, data_dir: Path = DATA_DIR, trained: list | None = None) -> dict:
+    """Train the members (or take ``trained``, ``train_members``' result from separate runs of the same
+    ``cfg``), forecast the test sets, run the baselines; write model.pt, metrics.json and PNGs."""
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    panel = load_panel(data_file)
+    panel = training_panel(tuple(c for c in cfg.collections.split(",") if c), data_dir)
     if cfg.series:
         panel = panel.subset(np.linspace(0, len(panel.ids) - 1, cfg.series).round().astype(int))
     out.mkdir(parents=True, exist_ok=True)
-    trained = [train_model(cfg, panel, cfg.seed + k) for k in range(cfg.members)]
+    trained = trained or train_members(cfg, panel)
     selected = Ensemble([member for member, _, _ in trained]).eval()
     validation_history = panel.cut(2 * HORIZON)
     validation = scores(
@@ -320,16 +382,12 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
     if cfg.refit:
         refits = [train_model(cfg, panel, cfg.seed + k, s["best_epoch"]) for k, (_, _, s) in enumerate(trained)]
     model = Ensemble([member for member, _, _ in refits]).eval() if refits else selected
-
-    test_history = panel.cut(HORIZON)
-    actuals = np.stack([v[-HORIZON:] for v in panel.values])
-    model_quantiles = forecast_panel(model, test_history, cfg.context, cfg.transform)
-    names = [name for name in cfg.baselines.split(",") if name]
-    forecasts = {"model": model_quantiles}
-    if refits:  # reported for transparency: the members as selected, before the refit
-        forecasts["model_without_refit"] = forecast_panel(selected, test_history, cfg.context, cfg.transform)
-    forecasts |= baseline_forecasts(test_history, names)
-    test = {name: scores(test_history, actuals, q) for name, q in forecasts.items()}
+    # reported for transparency: the members as selected, before the refit
+    extra = {"model_without_refit": selected} if refits else {}
+    retail = load_panel(data_dir / "aus_retail.csv")
+    test, test_forecasts = evaluate_panel(model, cfg, retail, "aus_retail_test", extra)
+    holdout, _ = evaluate_panel(model, cfg, holdout_panel(data_dir), "holdout_test", extra)
+    co2, _ = evaluate_panel(model, cfg, load_co2(), "co2_test", extra)
 
     torch.save(
         {
@@ -344,11 +402,13 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
     )
     for k, (_, history, _) in enumerate(trained):
         plot_curves(history, out / f"curves_member{k}.png", f"forecast, {cfg.cell}, member {k} (seed {cfg.seed + k})")
-    rows = np.linspace(0, len(panel.ids) - 1, min(cfg.fan_series, len(panel.ids))).round().astype(int).tolist()
-    plot_fan_chart(panel, model_quantiles, rows, out / "fan_chart.png", forecasts.get("ets"))
+    rows = np.linspace(0, len(retail.ids) - 1, min(cfg.fan_series, len(retail.ids))).round().astype(int).tolist()
+    plot_fan_chart(retail, test_forecasts["model"], rows, out / "fan_chart.png", test_forecasts.get("ets"))
     metrics = {
         "task": "forecast",
         "test": test,
+        "holdout": holdout,
+        "co2": co2,
         "validation": validation,
         "members": [{**summary, "seed": cfg.seed + k, "history": h} for k, (_, h, summary) in enumerate(trained)],
         "refits": [{**summary, "seed": cfg.seed + k, "history": h} for k, (_, h, summary) in enumerate(refits)],
@@ -356,8 +416,10 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
         "dataset_sizes": {
             "series": len(panel.ids),
             "points": int(sum(len(v) for v in panel.values)),
-            "test_points": int(actuals.size),
-            "validation_points": int(actuals.size),
+            "test_series": len(retail.ids),
+            "test_points": HORIZON * len(retail.ids),
+            "validation_points": HORIZON * len(panel.ids),
+            "holdout_series": len(holdout_panel(data_dir).ids),
         },
         "horizon": HORIZON,
         "quantiles": list(QUANTILES),
@@ -372,7 +434,8 @@ def run(cfg: Config, out: Path, data_file: Path = DATA_FILE) -> dict:
 
 def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
     parser = argparse.ArgumentParser(prog="python -m training forecast", description=__doc__.split("\n\n")[0])
-    add_config_arguments(parser, Config(), {"cell": sorted(RNN_MODULES), "transform": TRANSFORMS})
+    add_config_arguments(parser, Config(), {"cell": sorted(RNN_MODULES), "transform": TRANSFORMS,
+                                            "smoothing": SMOOTHING})
     parser.add_argument("--out", type=Path, default=Path("runs/forecast"))
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
@@ -386,7 +449,9 @@ def parse_args(argv: list[str] | None) -> tuple[Config, Path]:
 def main(argv: list[str] | None = None) -> None:
     cfg, out = parse_args(argv)
     metrics = run(cfg, out)
-    print(f"{'':20}{'MASE':>8}{'sMAPE':>8}{'QL':>8}")
-    for name, row in metrics["test"].items():
-        print(f"{name:20}{row['mase']:8.3f}{row['smape']:8.2f}{row['quantile_loss']:8.4f}")
+    for split in ("test", "holdout", "co2"):
+        print(f"{split:20}{'MASE':>8}{'median':>8}{'sMAPE':>8}{'QL':>8}{'cover':>8}")
+        for name, row in metrics[split].items():
+            print(f"{name:20}{row['mase']:8.3f}{row['mase_median']:8.3f}{row['smape']:8.2f}"
+                  f"{row['quantile_loss']:8.4f}{row['coverage_10_90']:8.3f}")
     print(f"-> {out}")

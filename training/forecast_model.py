@@ -11,6 +11,10 @@ The outputs are the quantiles ``QUANTILES`` of the next scaled value, ordered by
 construction: the head predicts the median and positive (softplus) gaps outward from it.
 With ``skip_lag`` (one of ``lags``; the CLI uses 12) the head predicts the change
 from that lagged input, so an untrained model starts from the seasonal naive forecast.
+
+``HoltWintersForecaster`` is the ES-RNN hybrid (Smyl, M4): a level and twelve seasonal terms per
+series, updated by Holt–Winters equations in the step itself and carried as two more states;
+the LSTM reads and forecasts the deseasonalised, level-normalised signal (see its docstring).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class StepModel(nn.Module):
     """Anything with ``forward(values [B, T, 1], features [B, T, F], state)`` gets the one-step function."""
 
     lags: tuple[int, ...]
+    state_names: tuple[str, ...]
 
     def initial_state(self, batch: int) -> State:
         raise NotImplementedError
@@ -44,6 +49,8 @@ class StepModel(nn.Module):
 
 
 class Forecaster(StepModel):
+    extra_inputs = 0  # RNN inputs besides the value and the features
+
     def __init__(
         self, cell: str, hidden: int, layers: int, dropout: float, lags: tuple[int, ...], skip_lag: int = 0
     ) -> None:
@@ -51,10 +58,12 @@ class Forecaster(StepModel):
         if skip_lag and skip_lag not in lags:
             raise ValueError(f"skip_lag {skip_lag} must be one of the lags {lags}")
         self.cell, self.lags = cell, tuple(lags)
+        self.state_names = ("h", "c") if cell == "lstm" else ("h",)
         # Column of the features that holds z[t - skip_lag], or None.
         self.skip_column = SEASON + self.lags.index(skip_lag) if skip_lag else None
         self.rnn = RNN_MODULES[cell](
-            1 + feature_size(self.lags), hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+            1 + feature_size(self.lags) + self.extra_inputs, hidden, layers, batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,
         )
         self.head = nn.Linear(hidden, len(QUANTILES))
 
@@ -76,17 +85,88 @@ class Forecaster(StepModel):
         return quantiles, new_state
 
 
+class HoltWintersForecaster(Forecaster):
+    """ES-RNN: Holt–Winters level and seasonality inside the step, the RNN on what they leave.
+
+    In model units (``z``, log of the scaled series) the multiplicative Holt–Winters model is
+    additive. Three more states per series, zeros at the start like the RNN's: ``level [1, B, 1]``,
+    ``season [1, B, 12]`` (one term per calendar month) and ``count [1, B, 1]`` (values read). Each
+    step first reads the observed (or fed-back) ``v = z[t-1]`` of month ``m-1``, with global
+    smoothing weights ``alpha`` and ``gamma`` (learned, in (0, 1)):
+
+        a = max(alpha, 1 / (count + 1));  g = 1 while count < 12, else gamma
+        level  <- level + a (v - season[m-1] - level)
+        season[m-1] <- season[m-1] + g (v - level - season[m-1])
+        count  <- count + 1
+
+    so the first year initialises them (the level is the running mean, each month's term its
+    first deviation from it), as the classical start of Holt–Winters does, and then they smooth.
+    The RNN reads the deseasonalised, level-normalised ``v - level - season[m-1]``, the lags
+    relative to the level, ``season[m]`` and the month; it forecasts the quantiles of
+    ``z[t] - level - season[m]``. The median's offset is bounded (``bound · tanh``), so a fed-back
+    median moves the level by at most ``alpha · bound`` a month: no runaway. There is no trend
+    term: the RNN supplies the growth, the level follows it.
+    """
+
+    extra_inputs = 1  # season[m]
+
+    def __init__(self, *args: object, bound: float = 0.5, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.state_names = (*self.state_names, "level", "season", "count")
+        self.skip_column = None
+        self.bound = bound
+        self.smoothing = nn.Parameter(torch.logit(torch.tensor([0.3, 0.3])))  # alpha, gamma
+
+    def initial_state(self, batch: int) -> State:
+        zeros = torch.zeros(1, batch, 1)
+        return (*super().initial_state(batch), zeros, torch.zeros(1, batch, SEASON), zeros.clone())
+
+    def forward(
+        self, values: torch.Tensor, features: torch.Tensor, state: State | None = None
+    ) -> tuple[torch.Tensor, State]:
+        if state is None:
+            state = self.initial_state(values.shape[0])
+        *rnn_state, level, season, count = state
+        level, season, count = level[0], season[0], count[0]
+        alpha, gamma = torch.sigmoid(self.smoothing).unbind()
+        month = features[..., :SEASON]
+        previous = torch.cat([month[..., 1:], month[..., :1]], dim=-1)  # one-hot month of t - 1
+        levels, seasons, signals = [], [], []
+        for t in range(values.shape[1]):
+            value = values[:, t]
+            old = (season * previous[:, t]).sum(-1, keepdim=True)
+            level = level + torch.maximum(alpha, 1 / (count + 1)) * (value - old - level)
+            new = old + torch.where(count < SEASON, 1.0, gamma) * (value - level - old)
+            season = season + previous[:, t] * (new - old)
+            count = count + 1
+            levels.append(level)
+            seasons.append((season * month[:, t]).sum(-1, keepdim=True))
+            signals.append(value - level - new)
+        level_t, season_t = torch.stack(levels, 1), torch.stack(seasons, 1)
+        inputs = torch.cat([torch.stack(signals, 1), month, features[..., SEASON:] - level_t, season_t], dim=-1)
+        outputs, new_rnn = self.rnn(inputs, tuple(rnn_state) if self.cell == "lstm" else rnn_state[0])
+        new_rnn = tuple(new_rnn) if self.cell == "lstm" else (new_rnn,)
+        raw = self.head(outputs)
+        median = self.bound * torch.tanh(raw[..., MEDIAN : MEDIAN + 1] / self.bound)
+        raw = torch.cat([raw[..., :MEDIAN], median, raw[..., MEDIAN + 1 :]], dim=-1)
+        quantiles = ordered_quantiles(raw) + level_t + season_t
+        return quantiles, (*new_rnn, level[None], season[None], count[None])
+
+
 class Ensemble(StepModel):
     """Members trained with different seeds, averaged quantile by quantile (which keeps them ordered).
 
-    The state is the members' states concatenated on the layer axis, ``[members * layers, B, hidden]``,
-    so the step signature is the same as one ``Forecaster``'s.
+    Each state is the members' states concatenated on its first axis (``[members * layers, B,
+    hidden]`` for the RNN's, ``[members, B, ·]`` for the Holt–Winters ones), so the step signature
+    is the same as one member's.
     """
 
     def __init__(self, members: list[Forecaster]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
-        self.lags = members[0].lags
+        self.lags, self.state_names = members[0].lags, members[0].state_names
+        # rows of each state per member (layers for the RNN's, 1 for the Holt–Winters states)
+        self.state_rows = tuple(s.shape[0] for s in members[0].initial_state(1))
 
     def initial_state(self, batch: int) -> State:
         states = [member.initial_state(batch) for member in self.members]
@@ -97,10 +177,9 @@ class Ensemble(StepModel):
     ) -> tuple[torch.Tensor, State]:
         if state is None:
             state = self.initial_state(values.shape[0])
-        layers = self.members[0].rnn.num_layers
         outputs, states = [], []
         for index, member in enumerate(self.members):
-            own = tuple(s[index * layers : (index + 1) * layers] for s in state)
+            own = tuple(s[index * n : (index + 1) * n] for s, n in zip(state, self.state_rows, strict=True))
             quantiles, new_state = member(values, features, own)
             outputs.append(quantiles)
             states.append(new_state)
