@@ -36,14 +36,17 @@ RUN --mount=type=secret,id=pip_cert \
               onnxruntime/tools numpy/f2py numpy/distutils \
     && find . -type d -name tests -prune -exec rm -rf {} + \
     && /opt/seqserve/bin/python -c "import onnxruntime, server.app"
+# The newest version of each model (image size goal): the older ones stay in the repository, for a mounted volume.
+COPY models /models
+RUN cd /models && for model in */; do ls "$model" | sort -n | head -n -1 | sed "s|^|$model|" | xargs -r rm -rf; done
 
-# Runtime stage: Debian's python3 and the environment, the bundled models, a non-root user.
+# Runtime stage: Debian's python3 and the environment, the newest version of each bundled model, a non-root user.
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin seqserve
 COPY --from=build /opt/seqserve /opt/seqserve
-COPY models /app/models
+COPY --from=build /models /app/models
 WORKDIR /app
 # ORT_DISABLE_TELEMETRY: ONNX Runtime (1.29 and later) reports usage to Microsoft unless this is set, and writes
 # a device id under $HOME, which a read-only root filesystem refuses.

@@ -150,14 +150,22 @@ def test_client_through_the_published_port(container: Container) -> None:
     assert cli(container.target, "translation", SENTENCE).strip() == GERMAN
     with Client(container.target, timeout=60) as client:  # streamed: one message per token as decoded
         updates = list(client.translate(SENTENCE))
-    assert len(updates) == len(GERMAN.split()) + 1 and all(len(u.tokens) == 1 for u in updates)
+    *streamed, last = updates  # then the whole translation (copied spans restored), with no token
+    assert len(streamed) == len(GERMAN.split()) + 1 and all(len(u.tokens) == 1 for u in streamed)
+    assert not last.tokens and last.text == GERMAN
     lines = cli(container.target, "sentiment", stdin="A tedious, overlong mess that never finds its footing.")
     assert len(lines.splitlines()) == 11 and "tedious" in lines and "P(positive)=" in lines
     steps = cli(container.target, "forecast", "--history", ",".join(map(str, HISTORY)), "--horizon", "12",
                 "--quantiles", "0.1", "0.5", "0.9").splitlines()
     assert len(steps) == 13 and steps[0].startswith("step month") and steps[-1].split()[:2] == ["12", "12"]
     models = cli(container.target, "models").splitlines()
-    assert [line.split()[0] for line in models] == ["forecast/1", "sentiment/1", "translation/1"]
+    names = ("forecast", "sentiment", "translation")
+    assert [line.split()[0] for line in models] == [f"{name}/{newest(name)}" for name in names]
+
+
+def newest(model: str) -> int:
+    """The version of ``model`` the image holds: the newest in the repository (the Dockerfile)."""
+    return max(int(version.name) for version in (ROOT / "models" / model).iterdir())
 
 
 def manifest() -> list[dict]:
@@ -185,7 +193,9 @@ def test_health_answers_within_the_probe_timeout_under_load(container: Container
 
     def stream(index: int) -> int:
         with Client(container.target, timeout=120) as client:
-            text = f"Click the Save button to save the document number {index}. {SENTENCE} " * 3
+            # One sentence (a text of several takes a stream slot per sentence: 192 streams must fit max_streams).
+            text = ", ".join([f"Click the Save button to save the document number {index}",
+                              "the file could not be opened"] * 3) + "."
             return sum(len(u.tokens) for u in client.translate(text))
 
     prober = threading.Thread(target=probe)
