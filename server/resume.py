@@ -157,7 +157,8 @@ class ResumeTokens:
         return served, state
 
     def freeze(self, model: Model, stream: Resumable, kind: str) -> bytes:
-        """A token of ``stream`` (a sentiment ``Stream`` or forecast ``Series`` between messages)."""
+        """A token of ``stream`` (a sentiment ``Stream``, a forecast ``Series`` or a generic model's ``Steps``
+        between messages)."""
         state, where = stream.frozen()
         return self.make(model, pb.ResumeState(state=arrays_message(state), **{kind: STATES[kind](**where)}))
 
@@ -178,7 +179,7 @@ class Resumable(Protocol):
     def thaw(self, state: Arrays, **where: Any) -> None: ...
 
 
-STATES = {"sentiment": pb.SentimentState, "forecast": pb.ForecastState}
+STATES = {"sentiment": pb.SentimentState, "forecast": pb.ForecastState, "stateful": pb.StatefulState}
 
 
 def same_model(name: str, served: Served, field: str = "model.name") -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -68,3 +69,10 @@ class Steps:
         """The graph's outputs that are not state, for checked ``inputs`` (``StatefulTask.check``)."""
         out = await self.task.runner.run(self.task.graph, inputs, self.slots)
         return {t.name: out[t.name] for t in self.task.outputs}
+
+    def frozen(self) -> tuple[Arrays, dict[str, Any]]:
+        """Between steps: the state slot, all there is of a sequence, for a resume token (``thaw`` takes it)."""
+        return self.task.runner.pools[self.task.graph].snapshot(self.slots), {}
+
+    def thaw(self, state: Arrays) -> None:
+        self.task.runner.pools[self.task.graph].restore(self.slots, state)

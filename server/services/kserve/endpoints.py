@@ -52,6 +52,7 @@ class Endpoint:
 
     sequences = False  # takes sequence_id, sequence_start, sequence_end
     decoupled = False  # ModelStreamInfer answers with several responses, then a final one
+    resumable: str | None = None  # the ResumeState kind of its sequences' resume tokens; None: no tokens
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
@@ -83,8 +84,12 @@ class Endpoint:
         """A sequence's state, from its START request (only where ``sequences``)."""
         raise NotImplementedError
 
+    def reopen(self) -> AbstractContextManager[Any]:
+        """A sequence's state for a resume token to thaw (only where ``resumable``)."""
+        raise NotImplementedError
+
     async def step(self, state: Any, inputs: Arrays, params: Params, first: bool, end: bool) -> Arrays:
-        """One request of a sequence (only where ``sequences``)."""
+        """One request of a sequence (only where ``sequences``); ``first`` is False for a resumed START."""
         raise NotImplementedError
 
     def one_text(self, inputs: Arrays, name: str) -> str:
@@ -98,6 +103,7 @@ class SentimentEndpoint(Endpoint):
     ``PROBABILITIES`` after each token that the request's chunk completed (``StreamSentiment``'s updates)."""
 
     sequences = True
+    resumable = "sentiment"
 
     def __init__(self, served: Served, config: Config) -> None:
         super().__init__(served, config)
@@ -117,6 +123,9 @@ class SentimentEndpoint(Endpoint):
     def open(self, inputs: Arrays, params: Params) -> AbstractContextManager[Stream]:
         return self.task.stream()
 
+    def reopen(self) -> AbstractContextManager[Stream]:
+        return self.task.stream()
+
     async def step(self, state: Stream, inputs: Arrays, params: Params, first: bool, end: bool) -> Arrays:
         updates = [update async for update in state.feed(self.one_text(inputs, "TEXT"), field="TEXT")]
         if end:
@@ -133,6 +142,7 @@ class ForecastEndpoint(Endpoint):
     as ``Observe``'s messages do."""
 
     sequences = True
+    resumable = "forecast"
 
     def __init__(self, served: Served, config: Config) -> None:
         super().__init__(served, config)
@@ -163,6 +173,9 @@ class ForecastEndpoint(Endpoint):
 
     def open(self, inputs: Arrays, params: Params) -> AbstractContextManager[Series]:
         return self._series(inputs, params)
+
+    def reopen(self) -> AbstractContextManager[Series]:
+        return self.task.resumed_series()
 
     async def step(self, state: Series, inputs: Arrays, params: Params, first: bool, end: bool) -> Arrays:
         values = [] if first else numbers(inputs, "HISTORY", "FP64")
@@ -214,6 +227,7 @@ class StatefulEndpoint(Endpoint):
     sequence; the server feeds the state back (Triton's ``sequence_batching.state``)."""
 
     sequences = True
+    resumable = "stateful"
 
     def __init__(self, served: Served, config: Config) -> None:
         super().__init__(served, config)
@@ -240,6 +254,9 @@ class StatefulEndpoint(Endpoint):
                          "correlation ID (parameters['sequence_id'])")
 
     def open(self, inputs: Arrays, params: Params) -> AbstractContextManager[Steps]:
+        return self.task.sequence()
+
+    def reopen(self) -> AbstractContextManager[Steps]:
         return self.task.sequence()
 
     async def step(self, state: Steps, inputs: Arrays, params: Params, first: bool, end: bool) -> Arrays:

@@ -7,14 +7,21 @@ outputs into ``raw_output_contents``. ``ModelInfer`` fails a request with a gRPC
 ``seqserve.v1`` does; on ``ModelStreamInfer`` a failed request's message goes into ``error_message``
 and the stream stays open. Both count in the same metrics as ``seqserve.v1`` with ``protocol="kserve"``;
 each request on a stream is one call of method ``ModelStreamInfer``.
+
+Resume tokens (``server/resume.py``) travel as base64 in string parameters: a sequence request with
+``seqserve_want_resume_token`` gets ``seqserve_resume_token`` in its response, and a START request with
+``seqserve_resume_token`` continues that sequence (``docs/triton.md``, Resume tokens).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -22,12 +29,14 @@ import grpc
 
 from protos.inference import kserve_pb2 as pb
 from protos.inference import kserve_pb2_grpc
+from protos.seqserve.v1 import resume_pb2
 from server.config import Config
 from server.errors import InputError
 from server.graph import Arrays
 from server.metrics import Metrics
 from server.reload import Reloader
 from server.repository import Repository, Served
+from server.resume import ResumeTokens, invalid, same_model
 from server.rpc import KSERVE, Call, RequestError, lookup, rpc, status
 from server.services.kserve.endpoints import PLATFORM, Endpoint, endpoint
 from server.services.kserve.sequences import Sequences, Turn
@@ -37,6 +46,7 @@ from server.services.kserve.tensors import DATATYPES, Params, decode_inputs, enc
 kserve = functools.partial(rpc, protocol=KSERVE)
 EXTENSIONS = ["model_configuration", "sequence", "parameters", "statistics"]
 FINAL = "triton_final_response"
+WANT_TOKEN, TOKEN = "seqserve_want_resume_token", "seqserve_resume_token"  # docs/triton.md, Resume tokens
 
 
 def version_of() -> str:
@@ -58,6 +68,9 @@ class Job:
     outputs: list[str]  # requested outputs; empty: all that the request produces
     turn: Turn | None  # its place in a sequence
     timing: Timing
+    resumed: resume_pb2.ResumeState | None = None  # a START that continues a sequence from a resume token
+    want_token: bool = False  # the response carries a resume token of its sequence
+    token: bytes | None = None  # that token, once the request has run
 
 
 class Writer:
@@ -79,6 +92,7 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                           for name, versions in repository.items() for version, served in versions.items()}
         self.sequences = Sequences(metrics, config.sequence_idle_timeout_s)
         self.statistics = Statistics()
+        self.resume = ResumeTokens(config)
         self.ready = False  # set by the server once every model is warmed up, cleared when it stops
 
     def added(self, served: Served) -> None:
@@ -188,6 +202,12 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
         ongoing = None if start or sequence_id in (0, "") else self.sequences.target(
             request.model_name, request.model_version, sequence_id)  # on its version, even one hot reload retired
         served, found = ongoing or self._find(request.model_name, request.model_version, "model_")
+        want_token = flag(params, WANT_TOKEN)
+        resumed = None
+        if TOKEN in params:
+            served, found, resumed = self._resumed(request, params[TOKEN], found, start)
+        if want_token:
+            self._check_resumable(found, f"parameters[{WANT_TOKEN!r}]", sequence_id, end)
         call.use(served)
         inputs = decode_inputs(request)
         timing.decoded = time.perf_counter_ns()
@@ -210,14 +230,48 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
                                         call.labels, (served, found))
         elif start or end:
             raise InputError("parameters['sequence_start'] and ['sequence_end'] need a parameters['sequence_id']")
-        return Job(request, served, found, inputs, params, [output.name for output in request.outputs], turn, timing)
+        return Job(request, served, found, inputs, params, [output.name for output in request.outputs], turn, timing,
+                   resumed, want_token)
+
+    def _check_resumable(self, found: Endpoint, field: str, sequence_id: int | str, end: bool) -> None:
+        """Tokens are on and ``found``'s sequences have them; ``field`` (a parameter) names the refusal."""
+        self.resume.require(field)
+        if not found.resumable:
+            raise invalid(field, f"model {found.name!r} has no resume tokens (only the sequences of sentiment, "
+                                 "forecast and generic stateful models)")
+        if sequence_id in (0, ""):
+            raise invalid(field, "a resume token belongs to a sequence: send it with parameters['sequence_id']")
+        if end:
+            raise invalid(field, "the request ends its sequence (sequence_end): there is nothing left to resume")
+
+    def _resumed(self, request: pb.ModelInferRequest, value: object, found: Endpoint, start: bool
+                 ) -> tuple[Served, Endpoint, resume_pb2.ResumeState]:
+        """The model version, endpoint and state of a START request's resume token (base64 in a string)."""
+        field = f"parameters[{TOKEN!r}]"
+        self.resume.require(field)
+        if not isinstance(value, str):
+            raise invalid(field, f"is a {type(value).__name__}, expected a string (the token in base64)")
+        if not start:
+            raise invalid(field, "a sequence resumes on its START request (sequence_start)")
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise invalid(field, "is not base64 (the token as a response's parameter carried it)") from None
+        if not found.resumable:
+            raise invalid(field, f"model {found.name!r} has no resume tokens")
+        served, state = self.resume.open(raw, self.repository, found.resumable, field)
+        same_model(request.model_name, served, "model_name")
+        if request.model_version and request.model_version != str(served.model.version):
+            raise invalid(field, f"the token is of version {served.model.version}, the request names version "
+                                 f"{request.model_version[:20]!r} (leave model_version empty, or name the token's)")
+        return served, self.endpoints[(served.model.name, served.model.version)], state
 
     async def _results(self, job: Job, streaming: bool) -> AsyncIterator[Arrays]:
         """The outputs of each response to ``job``: one, or a decoupled model's several on a stream."""
         found, inputs, params, turn = job.endpoint, job.inputs, job.params, job.turn
         if turn is not None:
-            yield await self.sequences.run(turn, lambda: found.open(inputs, params),
-                                           lambda state, first: self._step(job, state, first))
+            opener = (lambda: found.open(inputs, params)) if job.resumed is None else (lambda: self._thawed(job))
+            yield await self.sequences.run(turn, opener, lambda state, first: self._step(job, state, first))
             return
         job.timing.started = time.perf_counter_ns()
         if streaming:
@@ -227,10 +281,20 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             yield await found.infer(inputs, params)
 
     @staticmethod
-    async def _step(job: Job, state: object, first: bool) -> Arrays:
-        """A sequence request, once the requests before it have finished."""
+    @contextmanager
+    def _thawed(job: Job) -> Iterator[object]:
+        """A resumed sequence's state: the endpoint's placeholder, set to the token's."""
+        with job.endpoint.reopen() as state:
+            ResumeTokens.thaw(state, job.resumed, f"parameters[{TOKEN!r}]")
+            yield state
+
+    async def _step(self, job: Job, state: object, first: bool) -> Arrays:
+        """A sequence request, once the requests before it have finished; then its token, if it asked for one."""
         job.timing.started = time.perf_counter_ns()
-        return await job.endpoint.step(state, job.inputs, job.params, first, job.turn.end)
+        outputs = await job.endpoint.step(state, job.inputs, job.params, first and job.resumed is None, job.turn.end)
+        if job.want_token:
+            job.token = self.resume.freeze(job.served.model, state, job.endpoint.resumable)
+        return outputs
 
     def _response(self, job: Job, outputs: Arrays, final: bool | None = None) -> pb.ModelInferResponse:
         """``outputs`` in ``raw_output_contents``: those requested, in their order, that this kind of request
@@ -243,6 +307,8 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(blob)
         if final is not None:
             response.parameters[FINAL].bool_param = final
+        if job.token is not None:
+            response.parameters[TOKEN].string_param = base64.b64encode(job.token).decode()
         job.timing.output_ns += time.perf_counter_ns() - started
         return response
 
