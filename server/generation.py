@@ -124,7 +124,8 @@ class Batch:
         holes = removed[placed:]
         size = len(self) - len(holes)
         targets = [h for h in holes if h < size]
-        movers = [i for i in range(size, len(self)) if i not in set(holes)]
+        vacated = set(holes)
+        movers = [i for i in range(size, len(self)) if i not in vacated]
         for target, mover in zip(targets, movers, strict=True):
             sequences[target] = sequences[mover]
         if targets:
@@ -132,7 +133,8 @@ class Batch:
                 array[targets] = array[movers]
         batch = Batch(sequences[:size], {name: array[:size] for name, array in rows.items()}, steps[:size],
                       limits[:size])
-        left = [j for j in range(len(joining or ())) if j not in set(fits[:placed])]
+        written = set(fits[:placed])
+        left = [j for j in range(len(joining or ())) if j not in written]
         return Batch.concatenate([batch, joining.take(left)], graph) if left else batch
 
     def take(self, rows: list[int]) -> Batch:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -183,7 +183,16 @@ class TranslationTask:
     async def _in_order(self, paragraph: Paragraph, streams: list[AsyncIterator[list[Token]]]
                         ) -> AsyncIterator[list[Token]]:
         """The tokens of every stream, decoded concurrently and yielded stream by stream; at the end of each, its
-        sentence's text (spans restored) goes to ``paragraph.texts``. Ending early cancels the others."""
+        sentence's text (spans restored) goes to ``paragraph.texts``. Ending early cancels the others. One sentence
+        (most texts) is read directly: no task and no queue hop per token on the streaming hot path."""
+        if len(streams) == 1:
+            found: list[Token] = []
+            async with aclosing(streams[0]) as stream:
+                async for tokens in stream:
+                    found += tokens
+                    yield tokens
+            paragraph.texts.append(self._restored(paragraph.sentences[0], found))
+            return
         queues: list[asyncio.Queue[list[Token] | None]] = [asyncio.Queue() for _ in streams]
 
         async def pump(stream: AsyncIterator[list[Token]], queue: asyncio.Queue[list[Token] | None]) -> None:
