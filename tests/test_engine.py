@@ -136,8 +136,9 @@ def fake_model() -> tuple[Model, dict[str, FakeSession]]:
     return Model("fake", 1, Path("."), parse_manifest(MANIFEST, "fake/1/manifest.json"), sessions), sessions
 
 
-def pick(outputs, steps, limits):
+def pick(outputs, batch):
     """Emit (own step count, attention row); the next token is the step number; done at the limit."""
+    steps, limits = batch.steps, batch.limits
     counts = outputs["log_probs"][:, 0]
     done = steps + 1 >= limits
     results = [(int(c), a) for c, a in zip(counts.tolist(), outputs["attention"], strict=True)]

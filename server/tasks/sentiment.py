@@ -2,6 +2,10 @@
 
 Both read a text's tokens the same way (``contract.words.whole_tokens``, ``IncrementalWords``) up to the
 manifest's ``max_tokens``, so a whole-text classification equals the stream's last update.
+
+A stream's chunk knows all its token ids when it arrives, so it steps through them in the generation
+loop (``server/generation.py``) as one sequence, starting from the stream's state slot and writing its
+end state back: one row of the loop's batch per stream, no round trip to the event loop per token.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from contract.words import IncrementalWords, WordTokenizer, padded_groups, whole
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_texts
+from server.generation import Batch, Generator
 from server.graph import Arrays
 
 # A Classify request with more characters than this is tokenized in a thread, text by text, so that other calls go
@@ -41,14 +46,14 @@ class TokenUpdate:
 
 
 class SentimentTask:
-    workers: tuple = ()
-
     def __init__(self, runner: ModelRunner, config: Config) -> None:
         self.runner, self.config = runner, config
         pre: SentimentPreprocessing = runner.model.manifest.preprocessing
         self.pre = pre
         self.labels = list(pre.labels)
         self.tokenizer = WordTokenizer(runner.model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
+        self.generator = Generator(runner.graphs["step"], {}, ["probs"], self.pick)
+        self.workers = (self.generator,)
 
     async def classify(self, texts: list[str], field: str = "texts") -> list[Classification]:
         """Each whole text (at most ``max_texts`` of ``max_text_chars`` characters and the manifest's ``max_tokens``
@@ -76,6 +81,14 @@ class SentimentTask:
                                                  "lengths": np.array([len(ids)], dtype=np.int64)})
         probs = out["probs"][0]
         return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(ids))
+
+    def pick(self, outputs: Arrays, batch: Batch) -> tuple[Arrays, list[list[float]], np.ndarray]:
+        """The generator's ``pick``: every row's probabilities, and its next token id from its chunk (its plan)."""
+        after = batch.steps + 1  # tokens read once this step is done
+        done = after >= batch.limits
+        ids = [0 if end else chunk[taken] for chunk, taken, end in zip(
+            (s.plan for s in batch.sequences), after.tolist(), done.tolist(), strict=True)]
+        return {"ids": np.array(ids, dtype=np.int64)}, outputs["probs"].tolist(), done
 
     @contextmanager
     def stream(self) -> Iterator[Stream]:
@@ -117,8 +130,18 @@ class Stream:
         self.position, self.words.pending, self.words.skipping = position, pending, skipping
 
     async def _emit(self, tokens: list[str]) -> AsyncIterator[TokenUpdate]:
+        """The chunk's tokens as one sequence of the generation loop, from the stream's state and back to it."""
         check_tokens("text: the stream", self.position + len(tokens), self.task.pre.max_tokens)
-        for token, token_id in zip(tokens, self.task.tokenizer.ids(tokens), strict=True):
-            out = await self.task.runner.run("step", {"ids": np.array([token_id], dtype=np.int64)}, self.slots)
-            yield TokenUpdate(token, self.position, out["probs"][0].tolist())
-            self.position += 1
+        if not tokens:
+            return
+        ids = self.task.tokenizer.ids(tokens)
+        pool = self.task.runner.pools["step"]
+        first = {"ids": np.array(ids[:1], dtype=np.int64)}
+        with self.task.generator.open({}, first, len(ids), None, ids, pool.snapshot(self.slots)) as sequence:
+            read = 0
+            async for probabilities in sequence.chunks(len(ids)):
+                for row in probabilities:
+                    yield TokenUpdate(tokens[read], self.position, row)
+                    read += 1
+                    self.position += 1
+            pool.restore(self.slots, sequence.end_state)
