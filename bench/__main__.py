@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="burst: N streams at once until all end; sustained: N closed-loop clients for --duration")
     p.add_argument("--duration", type=float, default=30.0, help="sustained mode: seconds measured per run")
     p.add_argument("--warmup", type=float, default=5.0, help="sustained mode: seconds before each run's measurement")
+    p.add_argument("--tokens-per-message", type=int, default=1,
+                   help="sustained mode: the servers' streams ask for up to this many tokens per message "
+                   "(max_tokens_per_message; a server that does not know the field sends one)")
     p.add_argument("--label", help="results go to bench/results/LABEL/ (default: date-time-host)")
     p.add_argument("--json", type=Path, help="the results file (default: bench/results/LABEL/results.json); "
                    "the printed output goes beside it with the suffix .log")
@@ -158,7 +161,9 @@ def sustained_systems(task: str, args: argparse.Namespace, served: dict[str, loa
     comparing two commits, (c)."""
     mode = Sustained(n, args.duration, args.warmup)
     streams, _, _, checkpoint = _systems(task, args, workload)
-    systems: dict[str, Runner] = {name: partial(lambda s, w: streams(s, w, closed=mode), s)
+    per_message = args.tokens_per_message
+    systems: dict[str, Runner] = {name: partial(lambda s, w: streams(s, w, closed=mode, tokens_per_message=per_message),
+                                                s)
                                   for name, s in served.items()}
     ort = baselines.ort_translation_closed if task == "translation" else baselines.ort_sentiment_closed
     systems["(a) ort"] = partial(ort, sustained=mode)

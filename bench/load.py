@@ -250,15 +250,18 @@ def translate_whole(served: Served, workload: Workload) -> Run:
     return _run(served, workload, one, per_token=False)
 
 
-def stream_sentiment(served: Served, workload: Workload, closed: Sustained | None = None) -> Run:
-    """``StreamSentiment`` streams: the whole snippet as one chunk, one update per token back. ``closed``: as
+def stream_sentiment(served: Served, workload: Workload, closed: Sustained | None = None,
+                     tokens_per_message: int = 1) -> Run:
+    """``StreamSentiment`` streams: the whole snippet as one chunk, one update per token back (or
+    ``max_tokens_per_message`` to a message; a message's tokens all count as arriving with it). ``closed``: as
     ``translate``'s."""
     ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
 
     async def one(channel: grpc.aio.Channel, index: int, started: float, arrivals: list[float]) -> None:
         stub = sentiment_pb2_grpc.SentimentStub(channel)
-        chunks = iter([sentiment_pb2.SentimentChunk(model=ref, text=workload.texts[index])])
-        async for _ in stub.StreamSentiment(chunks):
-            arrivals.append(time.perf_counter() - started)
+        chunks = iter([sentiment_pb2.SentimentChunk(model=ref, text=workload.texts[index],
+                                                    max_tokens_per_message=tokens_per_message)])
+        async for update in stub.StreamSentiment(chunks):
+            arrivals.extend([time.perf_counter() - started] * (len(update.tokens) or 1))
 
     return _run(served, workload, one) if closed is None else closed_loop(served, workload, one, closed)

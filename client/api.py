@@ -97,16 +97,20 @@ class Client:
         return self.sentiment.Classify(request, timeout=self.timeout)
 
     def stream_sentiment(self, chunks: Iterable[str], model: str = "sentiment", version: int = 0,
-                         token_every: int = 0) -> Iterator[sentiment_pb2.SentimentUpdate]:
-        """One update per complete token while ``chunks`` are still being produced; a resume token is asked for
-        after every ``token_every`` chunks (0: only the server's own, at shutdown or maximum age)."""
+                         token_every: int = 0, max_tokens_per_message: int = 0
+                         ) -> Iterator[sentiment_pb2.SentimentUpdate]:
+        """One update per complete token while ``chunks`` are still being produced (with ``max_tokens_per_message``
+        above 1, up to that many in a message's ``tokens``); a resume token is asked for after every ``token_every``
+        chunks (0: only the server's own, at shutdown or maximum age)."""
         def requests() -> Iterator[sentiment_pb2.SentimentChunk]:
             ref = common_pb2.ModelRef(name=model, version=version)
             for index, chunk in enumerate(chunks):
                 yield sentiment_pb2.SentimentChunk(model=ref if index == 0 else None, text=chunk,
-                                                   want_resume_token=token_every > 0 and (index + 1) % token_every == 0)
+                                                   want_resume_token=token_every > 0 and (index + 1) % token_every == 0,
+                                                   max_tokens_per_message=max_tokens_per_message if index == 0 else 0)
 
-        return resume.stream_sentiment(self.sentiment.StreamSentiment, requests(), self.timeout, self.retry)
+        return resume.stream_sentiment(self.sentiment.StreamSentiment, requests(), self.timeout, self.retry,
+                                       max_tokens_per_message)
 
     def forecast(self, history: list[float], horizon: int, quantiles: Iterable[float] = (), start_month: int = 0,
                  model: str = "forecast", version: int = 0) -> Iterator[forecast_pb2.ForecastStep]:

@@ -171,22 +171,24 @@ class Outbox:
 
 
 def stream_sentiment(call: Callable[..., Iterable[sentiment_pb2.SentimentUpdate]],
-                     chunks: Iterable[sentiment_pb2.SentimentChunk], timeout: float | None, retry: Retry
-                     ) -> Iterator[sentiment_pb2.SentimentUpdate]:
-    """``StreamSentiment`` that resumes: a resumed call sends a chunk with the token alone, then the chunks no token
-    covers yet, then the rest."""
+                     chunks: Iterable[sentiment_pb2.SentimentChunk], timeout: float | None, retry: Retry,
+                     per_message: int = 0) -> Iterator[sentiment_pb2.SentimentUpdate]:
+    """``StreamSentiment`` that resumes: a resumed call sends a chunk with the token (and ``per_message``, the
+    first chunk's ``max_tokens_per_message``) alone, then the chunks no token covers yet, then the rest."""
     outbox, resumed = Outbox(chunks), False
 
     def start(token: bytes) -> Iterable[sentiment_pb2.SentimentUpdate]:
         nonlocal resumed
         resumed = bool(token)
-        return call(outbox.requests([sentiment_pb2.SentimentChunk(resume_token=token)] if token else []),
+        first = sentiment_pb2.SentimentChunk(resume_token=token, max_tokens_per_message=per_message)
+        return call(outbox.requests([first] if token else []),
                     timeout=timeout)
 
     def on_token(update: sentiment_pb2.SentimentUpdate, results: int) -> None:  # chunks_read counts the token's
         outbox.covered(update.chunks_read - resumed)
 
-    yield from Resumer(retry).run(start, lambda u: 0 if u.resume_token else 1, lambda u, drop: u, on_token)
+    yield from Resumer(retry).run(start, lambda u: 0 if u.resume_token else len(u.tokens) or 1, lambda u, drop: u,
+                                  on_token)
 
 
 def observe(call: Callable[..., Iterable[forecast_pb2.ForecastUpdate]],

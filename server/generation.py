@@ -67,8 +67,9 @@ class Sequence:
     opened: float = field(default_factory=time.perf_counter)
     closed: bool = False  # the stream went away: the loop drops the row before its next step
 
-    async def chunks(self, most: int) -> AsyncIterator[list[Any]]:
-        """The results in order, up to ``most`` per list: whatever has arrived, never held back to fill one."""
+    async def chunks(self, most: int, fill: bool = False) -> AsyncIterator[list[Any]]:
+        """The results in order, up to ``most`` per list: whatever has arrived, never held back to fill one, or with
+        ``fill`` ``most`` each until the last list."""
         while True:
             chunk, ended = [], False
             item = await self.results.get()
@@ -79,9 +80,9 @@ class Sequence:
                     ended = True
                     break
                 chunk.append(item)
-                if len(chunk) >= most or self.results.empty():
+                if len(chunk) >= most or (self.results.empty() and not fill):
                     break
-                item = self.results.get_nowait()
+                item = await self.results.get()  # at once when one is there
             if chunk:
                 yield chunk
             if ended:

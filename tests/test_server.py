@@ -98,7 +98,21 @@ def test_stream_sentiment_holds_split_words(client: Client) -> None:
     assert split == whole
 
 
+def test_stream_sentiment_packs_tokens_into_messages_when_asked(client: Client) -> None:
+    """``max_tokens_per_message``: the same updates, a chunk's this many to a message."""
+    text = "A tense, well acted and surprisingly funny thriller that never lets go of you."
+    single = [(u.token, u.position, tuple(u.probabilities)) for u in client.stream_sentiment([text])]
+    messages = list(client.stream_sentiment([text], max_tokens_per_message=4))
+    packed = [(t.token, t.position, tuple(t.probabilities)) for m in messages for t in m.tokens]
+    assert packed == single and len(single) == 16
+    # the chunk completes 15 tokens (4 + 4 + 4 + 3); the end of the stream completes the last, "."
+    assert [len(m.tokens) for m in messages] == [4, 4, 4, 3, 1] and not any(m.token for m in messages)
+    assert list(messages[0].labels) == ["rotten", "fresh"] and not any(m.labels for m in messages[1:])
+
+
 @pytest.mark.parametrize(("call", "field"), [
+    (lambda c: list(c.stream_sentiment(["ok"], max_tokens_per_message=-2)),
+     "max_tokens_per_message is -2, it must be between 1 and"),
     (lambda c: c.classify([""]), "texts[0] is empty"),
     (lambda c: c.classify(["   "]), "texts[0] is empty"),
     (lambda c: c.classify(["x" * 501]), "texts[0] has 501 characters, the limit is 500"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from protos.seqserve.v1 import sentiment_pb2 as pb
 from protos.seqserve.v1 import sentiment_pb2_grpc
 from server.config import Config
@@ -9,6 +11,7 @@ from server.metrics import Metrics
 from server.repository import Repository
 from server.resume import ResumeTokens, same_model
 from server.rpc import Call, resolve, rpc
+from server.tasks.sentiment import TokenUpdate
 
 
 class SentimentService(sentiment_pb2_grpc.SentimentServicer):
@@ -38,10 +41,11 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
         else:
             served, resumed = resolve(self.repository, message.model, "sentiment"), None
         task = call.use(served).task
+        most = task.per_message(message.max_tokens_per_message)
         with task.stream() as stream:
             if resumed is not None:
                 self.resume.thaw(stream, resumed)
-            updates = stream.feed(message.text)  # the first chunk is checked before the stream counts as open
+            updates = stream.feed(message.text, most=most)  # the first chunk is checked before the stream counts
             call.stream_opened()
             read = 0  # chunks whose updates are all out
 
@@ -52,19 +56,28 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
             if self.resume.enabled:
                 call.resumable(send_token)
             while message is not None:
-                await self._send(updates, task.labels, call)
+                await self._send(updates, task.labels, call, most > 1)
                 read += 1
                 if message.want_resume_token:
                     self.resume.require("want_resume_token")
                     await send_token()
                 message = await call.read()
                 if message is not None:
-                    updates = stream.feed(message.text)
-            await self._send(stream.finish(), task.labels, call)
+                    updates = stream.feed(message.text, most=most)
+            await self._send(stream.finish(most), task.labels, call, most > 1)
 
     @staticmethod
-    async def _send(updates, labels: list[str], call: Call) -> None:
-        async for update in updates:
-            await call.write(pb.SentimentUpdate(
-                token=update.token, position=update.position, probabilities=update.probabilities,
-                positive=update.probabilities[-1], labels=labels if update.position == 0 else []))
+    async def _send(updates: AsyncIterator[list[TokenUpdate]], labels: list[str], call: Call, packed: bool) -> None:
+        """Each list of updates as one message: in ``tokens`` when the stream asked for several per message, else
+        (one each) in the single-token fields."""
+        async for chunk in updates:
+            first = labels if chunk[0].position == 0 else []
+            if not packed:
+                update = chunk[0]
+                await call.write(pb.SentimentUpdate(
+                    token=update.token, position=update.position, probabilities=update.probabilities,
+                    positive=update.probabilities[-1], labels=first))
+            else:
+                await call.write(pb.SentimentUpdate(labels=first, tokens=[pb.TokenSentiment(
+                    token=u.token, position=u.position, probabilities=u.probabilities, positive=u.probabilities[-1])
+                    for u in chunk]), len(chunk))

@@ -22,7 +22,7 @@ from contract.manifest import SentimentPreprocessing
 from contract.words import IncrementalWords, WordTokenizer, padded_groups, whole_tokens
 from server.config import Config
 from server.engine import ModelRunner, gather_all
-from server.errors import InputError, check_texts
+from server.errors import InputError, check_count, check_texts
 from server.generation import Batch, Generator
 from server.graph import Arrays
 
@@ -96,6 +96,11 @@ class SentimentTask:
         with self.runner.open("step") as slots:
             yield Stream(self, slots)
 
+    def per_message(self, requested: int, field: str = "max_tokens_per_message") -> int:
+        """Token updates per message that a stream asks for (0: one), at most the model's ``max_tokens``."""
+        check_count(field, requested or 1, 1, self.pre.max_tokens)
+        return requested or 1
+
 
 def check_tokens(field: str, tokens: int, limit: int) -> None:
     if tokens > limit:
@@ -110,15 +115,17 @@ class Stream:
         self.words = IncrementalWords(task.tokenizer, task.config.max_token_chars)
         self.position = 0
 
-    def feed(self, chunk: str, field: str = "text") -> AsyncIterator[TokenUpdate]:
-        """The updates of the tokens that ``chunk`` completes; ``field`` names it in errors."""
+    def feed(self, chunk: str, field: str = "text", most: int = 0) -> AsyncIterator[list[TokenUpdate]]:
+        """The updates of the tokens that ``chunk`` completes, ``most`` to a list (0: all in one) but the last;
+        ``field`` names the chunk in errors. The chunk's tokens are all known: a full list waits only for the steps
+        that make it, microseconds each."""
         limit = self.task.config.max_text_chars
         if len(chunk) > limit:
             raise InputError(f"{field} has {len(chunk)} characters, the limit is {limit} per chunk")
-        return self._emit(self.words.feed(chunk))
+        return self._emit(self.words.feed(chunk), most)
 
-    def finish(self) -> AsyncIterator[TokenUpdate]:
-        return self._emit(self.words.flush())
+    def finish(self, most: int = 0) -> AsyncIterator[list[TokenUpdate]]:
+        return self._emit(self.words.flush(), most)
 
     def frozen(self) -> tuple[Arrays, dict[str, Any]]:
         """Between chunks: the state slot and where the stream is, for a resume token (``thaw`` takes them)."""
@@ -129,19 +136,18 @@ class Stream:
         self.task.runner.pools["step"].restore(self.slots, state)
         self.position, self.words.pending, self.words.skipping = position, pending, skipping
 
-    async def _emit(self, tokens: list[str]) -> AsyncIterator[TokenUpdate]:
+    async def _emit(self, tokens: list[str], most: int) -> AsyncIterator[list[TokenUpdate]]:
         """The chunk's tokens as one sequence of the generation loop, from the stream's state and back to it."""
         check_tokens("text: the stream", self.position + len(tokens), self.task.pre.max_tokens)
         if not tokens:
             return
         ids = self.task.tokenizer.ids(tokens)
         pool = self.task.runner.pools["step"]
-        first = {"ids": np.array(ids[:1], dtype=np.int64)}
+        first, read = {"ids": np.array(ids[:1], dtype=np.int64)}, 0
         with self.task.generator.open({}, first, len(ids), None, ids, pool.snapshot(self.slots)) as sequence:
-            read = 0
-            async for probabilities in sequence.chunks(len(ids)):
-                for row in probabilities:
-                    yield TokenUpdate(tokens[read], self.position, row)
-                    read += 1
-                    self.position += 1
+            async for rows in sequence.chunks(most or len(ids), fill=True):
+                updates = [TokenUpdate(token, self.position + i, row)
+                           for i, (token, row) in enumerate(zip(tokens[read:], rows, strict=False))]
+                read, self.position = read + len(rows), self.position + len(rows)
+                yield updates
             pool.restore(self.slots, sequence.end_state)

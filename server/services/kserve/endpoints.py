@@ -127,9 +127,10 @@ class SentimentEndpoint(Endpoint):
         return self.task.stream()
 
     async def step(self, state: Stream, inputs: Arrays, params: Params, first: bool, end: bool) -> Arrays:
-        updates = [update async for update in state.feed(self.one_text(inputs, "TEXT"), field="TEXT")]
+        text = self.one_text(inputs, "TEXT")
+        updates = [update async for chunk in state.feed(text, field="TEXT") for update in chunk]
         if end:
-            updates += [update async for update in state.finish()]
+            updates += [update async for chunk in state.finish() for update in chunk]
         probabilities = np.array([u.probabilities for u in updates], dtype=np.float32)
         return {"TOKENS": strings([u.token for u in updates]),
                 "PROBABILITIES": probabilities.reshape(len(updates), len(self.task.labels))}
