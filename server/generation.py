@@ -15,10 +15,6 @@ one ``Batch`` in its own thread, in the shape of vLLM's engine loop:
                 results go to the event loop in one call; finished rows are marked for the next
                 ``schedule()``.
 
-Greedy decoding picks each next input from the last output. A sentiment stream's chunk knows its
-inputs in advance (its token ids, the sequence's ``plan``) and starts from the stream's own state
-(``start_state``); its state after the last step comes back in ``end_state`` for the next chunk.
-
 State and context are ONNX Runtime values bound with IO binding on the session's device. On CUDA
 a step's new state is the next step's input without leaving the device while the batch keeps its
 rows; only the plain inputs and the outputs that ``pick`` reads (``reads``) cross to the host.
@@ -43,10 +39,10 @@ from server.graph import Arrays, Graph, Lease, initial_state
 
 log = logging.getLogger(__name__)
 
-Pick = Callable[[Arrays, "Batch"], tuple[Arrays, list[Any], np.ndarray]]
-"""``pick(outputs read to the host, the batch)`` (its ``steps`` taken before this one, step ``limits`` and
-``sequences``, one row each) returns the next step's plain inputs, one result per row (``None``: nothing to
-emit) and which rows are done."""
+Pick = Callable[[Arrays, np.ndarray, np.ndarray], tuple[Arrays, list[Any], np.ndarray]]
+"""``pick(outputs read to the host, steps taken before this one, step limits)``, one row per sequence,
+returns the next step's plain inputs, one result per row (``None``: nothing to emit) and which rows
+are done."""
 
 END = object()  # after a sequence's last result
 
@@ -58,18 +54,13 @@ class Sequence:
     sources: dict[str, Arrays]  # the inputs (one row) of each graph that its initial state and context come from
     inputs: Arrays  # the first step's plain inputs, one row
     limit: int  # steps at most
-    lease: Lease | None  # its stream slot, given back as soon as its last result is out (its client may read it
-    # later); None: the caller holds the stream's slot across several sequences (a sentiment stream's chunks)
-    plan: Any = None  # what the task's pick reads of this sequence (a sentiment chunk's token ids)
-    start_state: Arrays | None = None  # its initial state (one row each) instead of the manifest's ``initial``
-    end_state: Arrays | None = None  # with a ``start_state``: its state after its last step, set before its end
+    lease: Lease  # its stream slot, given back as soon as its last result is out (its client may read it later)
     results: asyncio.Queue = field(default_factory=asyncio.Queue)
     opened: float = field(default_factory=time.perf_counter)
     closed: bool = False  # the stream went away: the loop drops the row before its next step
 
-    async def chunks(self, most: int, fill: bool = False) -> AsyncIterator[list[Any]]:
-        """The results in order, up to ``most`` per list: whatever has arrived, never held back to fill one, or with
-        ``fill`` ``most`` each until the last list."""
+    async def chunks(self, most: int) -> AsyncIterator[list[Any]]:
+        """The results in order, up to ``most`` per list: whatever has arrived, never held back to fill one."""
         while True:
             chunk, ended = [], False
             item = await self.results.get()
@@ -80,9 +71,9 @@ class Sequence:
                     ended = True
                     break
                 chunk.append(item)
-                if len(chunk) >= most or (self.results.empty() and not fill):
+                if len(chunk) >= most or self.results.empty():
                     break
-                item = await self.results.get()  # at once when one is there
+                item = self.results.get_nowait()
             if chunk:
                 yield chunk
             if ended:
@@ -192,19 +183,16 @@ class Generator:
         await asyncio.to_thread(self.thread.join)
 
     @contextmanager
-    def open(self, sources: dict[str, Arrays], inputs: Arrays, limit: int, lease: Lease | None, plan: Any = None,
-             start_state: Arrays | None = None) -> Iterator[Sequence]:
-        """Start a sequence from its source graphs' inputs (``{graph: {input: one row}}``) or its ``start_state``;
-        it holds its stream slot (``lease``, one row) until its last result has arrived or the block ends, however
-        it ends."""
-        sequence = Sequence(sources, inputs, limit, lease, plan, start_state)
+    def open(self, sources: dict[str, Arrays], inputs: Arrays, limit: int, lease: Lease) -> Iterator[Sequence]:
+        """Start a sequence from its source graphs' inputs (``{graph: {input: one row}}``); it holds its stream slot
+        (``lease``, one row) until its last result has arrived or the block ends, however it ends."""
+        sequence = Sequence(sources, inputs, limit, lease)
         try:
             self.joining.put(sequence)
             yield sequence
         finally:
             sequence.closed = True
-            if lease is not None:
-                lease.release()
+            lease.release()
 
     def _loop(self) -> None:
         batch: Batch | None = None
@@ -262,7 +250,7 @@ class Generator:
         rows = []
         for index, sequence in enumerate(joined):
             sources = {name: out[index] for name, out in outputs.items()}
-            state = sequence.start_state or {spec.input: initial_state(spec, sources) for spec in self.graph.state}
+            state = {spec.input: initial_state(spec, sources) for spec in self.graph.state}
             rows.append(state | self.graph.stream_context(sources) | sequence.inputs)
         return Batch(joined, self.graph.gather(rows), np.zeros(len(joined), dtype=np.int64),
                      np.array([s.limit for s in joined], dtype=np.int64))
@@ -284,15 +272,11 @@ class Generator:
     def update(self, batch: Batch, outputs: dict[str, ort.OrtValue], started: float) -> None:
         """Apply a step's outputs: the new state, every row's next input and result, finished rows."""
         batch.bound |= {state: outputs[output] for output, state in self.graph.state_outputs.items()}
-        inputs, results, batch.done = self.pick({n: outputs[n].numpy() for n in self.reads}, batch)
+        inputs, results, batch.done = self.pick({n: outputs[n].numpy() for n in self.reads}, batch.steps,
+                                                batch.limits)
         batch.host |= inputs
         batch.steps += 1
         self.graph.record(len(batch), started)
-        kept = [i for i, s in enumerate(batch.sequences) if batch.done[i] and s.start_state is not None]
-        if kept:
-            states = {name: batch.bound[name].numpy()[kept] for name in self.graph.state_outputs.values()}
-            for row, index in enumerate(kept):
-                batch.sequences[index].end_state = {name: array[row : row + 1] for name, array in states.items()}
         items = [(s, r) for s, r in zip(batch.sequences, results, strict=True) if r is not None]
         items += [(s, END) for s, done in zip(batch.sequences, batch.done.tolist(), strict=True) if done]
         self.loop.call_soon_threadsafe(deliver, items)
@@ -307,7 +291,7 @@ def deliver(items: list[tuple[Sequence, Any]]) -> None:
     """On the event loop: each result into its sequence's queue, unless its stream is gone. A sequence's last
     result (its end or an error) gives its slot back: what is left to send is the stream's business."""
     for sequence, item in items:
-        if (item is END or isinstance(item, Exception)) and sequence.lease is not None:
+        if item is END or isinstance(item, Exception):
             sequence.lease.release()
         if not sequence.closed:
             sequence.results.put_nowait(item)

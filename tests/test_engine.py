@@ -136,9 +136,8 @@ def fake_model() -> tuple[Model, dict[str, FakeSession]]:
     return Model("fake", 1, Path("."), parse_manifest(MANIFEST, "fake/1/manifest.json"), sessions), sessions
 
 
-def pick(outputs, batch):
+def pick(outputs, steps, limits):
     """Emit (own step count, attention row); the next token is the step number; done at the limit."""
-    steps, limits = batch.steps, batch.limits
     counts = outputs["log_probs"][:, 0]
     done = steps + 1 >= limits
     results = [(int(c), a) for c, a in zip(counts.tolist(), outputs["attention"], strict=True)]
@@ -153,19 +152,11 @@ def first_token() -> dict[str, np.ndarray]:
     return {"prev_tokens": np.array([0], dtype=np.int64)}
 
 
-def planned(outputs, batch):
-    """A sentiment-like pick: the next token is the next of the sequence's plan; emit the step count."""
-    after = batch.steps + 1
-    done = after >= batch.limits
-    tokens = [0 if end else s.plan[k] for s, k, end in zip(batch.sequences, after.tolist(), done.tolist(), strict=True)]
-    return {"prev_tokens": np.array(tokens, dtype=np.int64)}, outputs["log_probs"][:, 0].tolist(), done
-
-
-def generator(config: Config, chooser=pick) -> tuple[Generator, Graph, dict[str, FakeSession]]:
+def generator(config: Config) -> tuple[Generator, Graph, dict[str, FakeSession]]:
     model, sessions = fake_model()
     metrics = Metrics()
     graph, encoder_graph = Graph(model, "decoder_step", config, metrics), Graph(model, "encoder", config, metrics)
-    return Generator(graph, {"encoder": encoder_graph}, ["log_probs", "attention"], chooser), graph, sessions
+    return Generator(graph, {"encoder": encoder_graph}, ["log_probs", "attention"], pick), graph, sessions
 
 
 def new_slots(capacity: int) -> Slots:
@@ -291,29 +282,6 @@ def test_generator_sequences_finish_at_their_limits_with_their_own_state_and_con
         assert sessions["encoder"].batches == [3]  # one prefill for all three
         # 3 rows until the 1-step row ends, 2 until the 4-step one ends, then 1
         assert sessions["decoder_step"].batches == [3, 2, 2, 2, 1, 1]
-
-    asyncio.run(scenario())
-
-
-def test_generator_sequences_with_a_plan_start_from_their_state_and_give_their_end_state_back() -> None:
-    """A sentiment stream's chunk: inputs known in advance, state from the stream and back to it."""
-    async def scenario() -> None:
-        gen, graph, sessions = generator(Config(max_batch=8, max_streams=8), planned)
-        gen.start()
-
-        async def one(start: list[float], plan: list[int]) -> tuple[list[float], np.ndarray]:
-            state = {"state": np.array([start], dtype=np.float32)}
-            first = {"prev_tokens": np.array(plan[:1], dtype=np.int64)}
-            with gen.open(source([7]), first, len(plan), None, plan, state) as sequence:
-                got = [count async for chunk in sequence.chunks(len(plan)) for count in chunk]
-                return got, sequence.end_state["state"]
-
-        (counts_a, end_a), (counts_b, end_b) = await asyncio.gather(one([10, 0], [1, 2, 3]), one([20, 5], [4]))
-        await gen.stop()
-        assert counts_a == [11, 12, 13] and counts_b == [21]  # each from its own start, one step per planned token
-        np.testing.assert_array_equal(end_a, [[13, 6]])  # + one per step, + the tokens fed: 1 + 2 + 3
-        np.testing.assert_array_equal(end_b, [[21, 9]])
-        assert sessions["decoder_step"].batches == [2, 1, 1] and graph.slots.in_use == 0  # no lease: none taken
 
     asyncio.run(scenario())
 

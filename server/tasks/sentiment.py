@@ -3,9 +3,9 @@
 Both read a text's tokens the same way (``contract.words.whole_tokens``, ``IncrementalWords``) up to the
 manifest's ``max_tokens``, so a whole-text classification equals the stream's last update.
 
-A stream's chunk knows all its token ids when it arrives, so it steps through them in the generation
-loop (``server/generation.py``) as one sequence, starting from the stream's state slot and writing its
-end state back: one row of the loop's batch per stream, no round trip to the event loop per token.
+A stream steps token by token through the engine's scheduler, whose batches gather the steps of all
+open streams. It sends its updates ``most`` to a message when asked to (``max_tokens_per_message``):
+the write of a message costs several times a step (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from contract.words import IncrementalWords, WordTokenizer, padded_groups, whole
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_count, check_texts
-from server.generation import Batch, Generator
 from server.graph import Arrays
 
 # A Classify request with more characters than this is tokenized in a thread, text by text, so that other calls go
@@ -46,14 +45,14 @@ class TokenUpdate:
 
 
 class SentimentTask:
+    workers: tuple = ()
+
     def __init__(self, runner: ModelRunner, config: Config) -> None:
         self.runner, self.config = runner, config
         pre: SentimentPreprocessing = runner.model.manifest.preprocessing
         self.pre = pre
         self.labels = list(pre.labels)
         self.tokenizer = WordTokenizer(runner.model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
-        self.generator = Generator(runner.graphs["step"], {}, ["probs"], self.pick)
-        self.workers = (self.generator,)
 
     async def classify(self, texts: list[str], field: str = "texts") -> list[Classification]:
         """Each whole text (at most ``max_texts`` of ``max_text_chars`` characters and the manifest's ``max_tokens``
@@ -82,14 +81,6 @@ class SentimentTask:
         probs = out["probs"][0]
         return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(ids))
 
-    def pick(self, outputs: Arrays, batch: Batch) -> tuple[Arrays, list[list[float]], np.ndarray]:
-        """The generator's ``pick``: every row's probabilities, and its next token id from its chunk (its plan)."""
-        after = batch.steps + 1  # tokens read once this step is done
-        done = after >= batch.limits
-        ids = [0 if end else chunk[taken] for chunk, taken, end in zip(
-            (s.plan for s in batch.sequences), after.tolist(), done.tolist(), strict=True)]
-        return {"ids": np.array(ids, dtype=np.int64)}, outputs["probs"].tolist(), done
-
     @contextmanager
     def stream(self) -> Iterator[Stream]:
         """A running classification holding one state slot until the block ends."""
@@ -117,8 +108,7 @@ class Stream:
 
     def feed(self, chunk: str, field: str = "text", most: int = 0) -> AsyncIterator[list[TokenUpdate]]:
         """The updates of the tokens that ``chunk`` completes, ``most`` to a list (0: all in one) but the last;
-        ``field`` names the chunk in errors. The chunk's tokens are all known: a full list waits only for the steps
-        that make it, microseconds each."""
+        ``field`` names the chunk in errors."""
         limit = self.task.config.max_text_chars
         if len(chunk) > limit:
             raise InputError(f"{field} has {len(chunk)} characters, the limit is {limit} per chunk")
@@ -137,17 +127,15 @@ class Stream:
         self.position, self.words.pending, self.words.skipping = position, pending, skipping
 
     async def _emit(self, tokens: list[str], most: int) -> AsyncIterator[list[TokenUpdate]]:
-        """The chunk's tokens as one sequence of the generation loop, from the stream's state and back to it."""
+        """One step per token; the updates in lists of ``most`` (0: the chunk's all)."""
         check_tokens("text: the stream", self.position + len(tokens), self.task.pre.max_tokens)
-        if not tokens:
-            return
-        ids = self.task.tokenizer.ids(tokens)
-        pool = self.task.runner.pools["step"]
-        first, read = {"ids": np.array(ids[:1], dtype=np.int64)}, 0
-        with self.task.generator.open({}, first, len(ids), None, ids, pool.snapshot(self.slots)) as sequence:
-            async for rows in sequence.chunks(most or len(ids), fill=True):
-                updates = [TokenUpdate(token, self.position + i, row)
-                           for i, (token, row) in enumerate(zip(tokens[read:], rows, strict=False))]
-                read, self.position = read + len(rows), self.position + len(rows)
+        updates: list[TokenUpdate] = []
+        for token, token_id in zip(tokens, self.task.tokenizer.ids(tokens), strict=True):
+            out = await self.task.runner.run("step", {"ids": np.array([token_id], dtype=np.int64)}, self.slots)
+            updates.append(TokenUpdate(token, self.position, out["probs"][0].tolist()))
+            self.position += 1
+            if len(updates) == (most or len(tokens)):
                 yield updates
-            pool.restore(self.slots, sequence.end_state)
+                updates = []
+        if updates:
+            yield updates

@@ -29,7 +29,7 @@ from contract.translation import Beam, greedy_tokens
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_count, check_text, check_texts, clip
-from server.generation import Batch, Generator
+from server.generation import Generator
 from server.graph import Arrays, Lease
 
 STEP = "decoder_step"
@@ -246,7 +246,7 @@ class TranslationTask:
                     found.append(Token(sent[t], 0.0, out["attention"][0]))
                     prev = np.array([sent[t]], dtype=np.int64)
                     continue
-                picked, [token], done = self.greedy(out, np.array([t]), np.array([limit]))
+                picked, [token], done = self.pick(out, np.array([t]), np.array([limit]))
                 if done[0]:
                     break
                 found.append(token)
@@ -263,13 +263,9 @@ class TranslationTask:
         tokens = [t async for chunk in chunks for t in chunk]
         return Translated(paragraph.text(), [t.token_id for t in tokens], sum(t.log_prob for t in tokens))
 
-    def pick(self, outputs: Arrays, batch: Batch) -> tuple[Arrays, list[Token | None], np.ndarray]:
-        """The generator's ``pick``: ``greedy`` over its batch."""
-        return self.greedy(outputs, batch.steps, batch.limits)
-
-    def greedy(self, outputs: Arrays, steps: np.ndarray, limits: np.ndarray
-               ) -> tuple[Arrays, list[Token | None], np.ndarray]:
-        """Every row's greedy token; EOS ends the row and is not emitted."""
+    def pick(self, outputs: Arrays, steps: np.ndarray, limits: np.ndarray
+             ) -> tuple[Arrays, list[Token | None], np.ndarray]:
+        """In the generator's thread: every row's greedy token; EOS ends the row and is not emitted."""
         log_probs = outputs["log_probs"]
         tokens = greedy_tokens(log_probs, steps, limits, self.pre.eos_id)
         done = tokens == self.pre.eos_id
