@@ -11,7 +11,8 @@ validation reads), it scores the v2 quantiles adjusted by ``contract.forecast.ad
    validation 10–90 % coverage is within 0.78–0.82, the lowest quantile loss (else the closest coverage).
 
 Nothing here reads the test horizons. ``--score 1`` then scores the chosen rules once on aus_retail's
-test horizon and on the hold-out (with Theta alone for reference) and writes ``scores.json``.
+test horizon and on the hold-out (with Theta alone for reference) and writes ``scores.json``; with
+``--export models`` it also writes ``models/3/`` (v2's ``step.onnx`` and manifest, the rules and the scores).
 """
 
 from __future__ import annotations
@@ -99,12 +100,51 @@ def score(model_dir: Path, data_dir: Path, chosen: dict) -> dict:
     return result
 
 
+RULES = {
+    "combination": "served median = weight * model median + (1 - weight) * theta, theta = the Theta method on the "
+                   "last window observed values (contract.forecast.theta_forecast); every quantile moves with "
+                   "the median",
+    "calibration": "d = in-sample seasonal-naive MAE of the last window observed values; each quantile's offset o "
+                   "from the median becomes side * max(width * |o|, floor * d * |z(level)| / z(0.9) * (1 + growth "
+                   "* (step - 1) / season)); clipped at 0 (log transform)",
+}
+
+
+def export(model_dir: Path, out: Path, chosen: dict, result: dict) -> Path:
+    """``out/<version>/``: version 2's step graph (copied) with its manifest plus the rules and the scores."""
+    import hashlib
+    import shutil
+
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    version = int(model_dir.name) + 1
+    folder = out / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_dir / "step.onnx", folder / "step.onnx")
+    manifest["files"] = {"step.onnx": hashlib.sha256((folder / "step.onnx").read_bytes()).hexdigest()}
+    manifest["description"] = ("3-member LSTM quantile forecaster (version 2's graph) + Theta combination and "
+                               "noise-scaled bands (monthly)")
+    manifest["preprocessing"]["combination"] = {**chosen["combination"], "rule": RULES["combination"]}
+    manifest["preprocessing"]["calibration"] = {**chosen["calibration"], "rule": RULES["calibration"]}
+    metrics = {"baselines": manifest["metrics"]["baselines"], "dataset_sizes": manifest["metrics"]["dataset_sizes"]}
+    for split in ("test", "holdout"):
+        metrics |= {f"{split}_{name}": value for name, value in result[split]["v3"].items()}
+        metrics["baselines"].setdefault("theta", {}).update(
+            {f"{split}_{name}": value for name, value in result[split]["theta"].items() if name != "coverage_10_90"})
+    metrics["validation"] = {key: chosen[key] for key in ("validation_v2", "validation_v3", "validation_theta")}
+    manifest["metrics"] = metrics
+    manifest["provenance"] = {**manifest["provenance"], "command": "python -m training.forecast_v3 --score 1 "
+                              f"--export {out}", "step_graph": f"{model_dir.parent.name}/{model_dir.name}"}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/forecast/2"))
     parser.add_argument("--data", type=Path, default=DATA_DIR)
     parser.add_argument("--out", type=Path, default=Path("runs/forecast-v3"))
     parser.add_argument("--score", type=int, default=0)
+    parser.add_argument("--export", type=Path, default=None, help="with --score 1: write <export>/<version>/")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     chosen_file = args.out / "chosen.json"
@@ -116,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     result = score(args.model, args.data, json.loads(chosen_file.read_text()))
     (args.out / "scores.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
+    if args.export:
+        print("wrote", export(args.model, args.export, json.loads(chosen_file.read_text()), result))
 
 
 if __name__ == "__main__":
