@@ -179,31 +179,51 @@ def noise(history: np.ndarray, season: int) -> float:
     return float(np.mean(np.abs(y[lag:] - y[:-lag]))) if len(y) > lag else 0.0
 
 
-def adjust(quantiles: np.ndarray, history: np.ndarray, levels: tuple[float, ...], season: int, transform: str,
-           combination: Any = None, calibration: Any = None) -> np.ndarray:
-    """The version 3 rules on one series' decoded quantiles ``[horizon, Q]`` (series units, steps 1, 2, …).
+class Adjustment:
+    """The version 3 rules prepared for one series and a horizon (``prepare``): the Theta forecast and the band
+    floors of every step, so that a server streaming one step at a time applies them step by step."""
 
-    ``combination`` has ``weight`` and ``window``; ``calibration`` has ``width``, ``floor``, ``growth`` and
-    ``window`` (``contract.manifest.Combination`` and ``Calibration``); ``None`` skips a rule.
-    """
-    q = np.array(quantiles, dtype=np.float64)
-    if combination is None and calibration is None:
-        return q
+    def __init__(self, theta: np.ndarray | None, weight: float, least: np.ndarray | None, width: float,
+                 median: int, clip: bool) -> None:
+        self.theta, self.weight, self.least, self.width = theta, weight, least, width
+        self.median, self.clip = median, clip
+
+    def apply(self, quantiles: np.ndarray, first: int = 0) -> np.ndarray:
+        """Decoded quantiles ``[k, Q]`` (series units) of steps ``first + 1 … first + k`` after the rules."""
+        q = np.array(quantiles, dtype=np.float64)
+        rows = slice(first, first + q.shape[0])
+        centre = q[:, self.median].copy()
+        offsets = q - centre[:, None]
+        if self.theta is not None:
+            centre = self.weight * centre + (1 - self.weight) * self.theta[rows]
+        if self.least is not None:
+            side = np.sign(np.arange(q.shape[1]) - self.median)  # -1 below the median, +1 above (ordered quantiles)
+            offsets = side * np.maximum(self.width * np.abs(offsets), self.least[rows])
+        result = centre[:, None] + offsets
+        return np.maximum(result, 0.0) if self.clip else result
+
+
+def prepare(history: np.ndarray, horizon: int, levels: tuple[float, ...], season: int, transform: str,
+            combination: Any = None, calibration: Any = None) -> Adjustment:
+    """The rules for ``horizon`` steps after ``history`` (the block comment above). ``combination`` has ``weight``
+    and ``window``; ``calibration`` has ``width``, ``floor``, ``growth`` and ``window`` (``contract.manifest``'s
+    ``Combination`` and ``Calibration``); ``None`` skips a rule."""
     history = np.asarray(history, dtype=np.float64)
-    median = levels.index(0.5)
-    horizon = q.shape[0]
-    centre = q[:, median].copy()
-    offsets = q - centre[:, None]
+    theta = least = None
     if combination is not None:
         theta = theta_forecast(history[-combination.window:], horizon, season)
-        centre = combination.weight * centre + (1 - combination.weight) * theta
     if calibration is not None:
         d = noise(history[-calibration.window:], season)
         z = np.array([abs(normal_quantile(level)) if level != 0.5 else 0.0 for level in levels]) / _Z90
         steps = np.arange(horizon, dtype=np.float64)
         least = calibration.floor * d * (1 + calibration.growth * steps / season)[:, None] * z[None, :]
-        side = np.sign(np.arange(len(levels)) - median)  # -1 below the median, +1 above (the model's are ordered)
-        offsets = side * np.maximum(calibration.width * np.abs(offsets), least)
-    result = centre[:, None] + offsets
-    return np.maximum(result, 0.0) if transform == "log" else result
+    return Adjustment(theta, getattr(combination, "weight", 1.0), least, getattr(calibration, "width", 1.0),
+                      levels.index(0.5), transform == "log")
 
+
+def adjust(quantiles: np.ndarray, history: np.ndarray, levels: tuple[float, ...], season: int, transform: str,
+           combination: Any = None, calibration: Any = None) -> np.ndarray:
+    """The version 3 rules on one series' decoded quantiles ``[horizon, Q]`` (series units, steps 1, 2, …)."""
+    if combination is None and calibration is None:
+        return np.array(quantiles, dtype=np.float64)
+    return prepare(history, len(quantiles), levels, season, transform, combination, calibration).apply(quantiles)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-from contract.forecast import TRANSFORMS, adjust
+from contract.forecast import TRANSFORMS, Adjustment, adjust, prepare
 from contract.translation import OutputLength
 
 MANIFEST_FORMAT = "seqserve-manifest/1"
@@ -271,6 +271,11 @@ class ForecastPreprocessing:
         """Decoded quantiles ``[horizon, Q]`` of one series after the rules (``contract.forecast.adjust``)."""
         return adjust(quantiles, history, self.quantiles, self.season, self.scaling.transform, self.combination,
                       self.calibration)
+
+    def adjustment(self, history: Any, horizon: int) -> Adjustment:
+        """The rules prepared for ``horizon`` steps after ``history``, to apply step by step."""
+        return prepare(history, horizon, self.quantiles, self.season, self.scaling.transform, self.combination,
+                       self.calibration)
 
     @property
     def features(self) -> int:
