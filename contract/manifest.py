@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any, ClassVar
 
-from contract.forecast import TRANSFORMS
+from contract.forecast import TRANSFORMS, Adjustment, adjust, prepare
 from contract.translation import OutputLength
 
 MANIFEST_FORMAT = "seqserve-manifest/1"
@@ -186,6 +186,46 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class Combination:
+    """The served median is ``weight * model + (1 - weight) * theta`` (``contract.forecast.adjust``)."""
+
+    method: str  # "theta"
+    weight: float  # of the model's median
+    window: int  # the latest observed values the statistical forecast reads
+
+    @classmethod
+    def parse(cls, f: Fields) -> Combination:
+        combination = cls(f.choice("method", ("theta",)), f.number("weight"), f.get("window", int))
+        if not 0 <= combination.weight <= 1:
+            raise f.error("weight", f"is {combination.weight}, expected a number in [0, 1]")
+        if combination.window < 1:
+            raise f.error("window", f"is {combination.window}, expected a positive integer")
+        return combination
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Quantile offsets at least ``floor`` noise units (``contract.forecast.adjust``)."""
+
+    noise: str  # "seasonal_naive_mae"
+    width: float
+    floor: float
+    growth: float
+    window: int
+
+    @classmethod
+    def parse(cls, f: Fields) -> Calibration:
+        calibration = cls(f.choice("noise", ("seasonal_naive_mae",)), f.number("width"), f.number("floor"),
+                          f.number("growth"), f.get("window", int))
+        for name in ("width", "floor", "growth"):
+            if getattr(calibration, name) < 0:
+                raise f.error(name, f"is {getattr(calibration, name)}, expected a number >= 0")
+        if calibration.window < 2:
+            raise f.error("window", f"is {calibration.window}, expected an integer >= 2")
+        return calibration
+
+
+@dataclass(frozen=True)
 class ForecastPreprocessing:
     scaling: Scaling
     season: int
@@ -193,6 +233,8 @@ class ForecastPreprocessing:
     quantiles: tuple[float, ...]
     min_history: int
     trained_horizon: int
+    combination: Combination | None = None  # version 3's rules; absent: the model's quantiles as they are
+    calibration: Calibration | None = None
 
     GRAPHS: ClassVar[Needs] = {"step": (("value", "features"), ("quantiles",))}
     FILES: ClassVar[tuple[str, ...]] = ()
@@ -201,7 +243,9 @@ class ForecastPreprocessing:
     def parse(cls, f: Fields) -> ForecastPreprocessing:
         quantiles = tuple(float(q) for q in f.get("quantiles", list))
         pre = cls(Scaling.parse(f.object("scaling")), f.get("season", int), f.ints("lags"), quantiles,
-                  f.get("min_history", int), f.get("trained_horizon", int, 0))
+                  f.get("min_history", int), f.get("trained_horizon", int, 0),
+                  Combination.parse(f.object("combination")) if "combination" in f.data else None,
+                  Calibration.parse(f.object("calibration")) if "calibration" in f.data else None)
         if 0.5 not in pre.quantiles:
             raise f.error("quantiles", f"{list(pre.quantiles)} lacks the median 0.5 that is fed back")
         if pre.min_history < pre.prefix + 1:
@@ -216,6 +260,22 @@ class ForecastPreprocessing:
     @property
     def median(self) -> int:
         return self.quantiles.index(0.5)
+
+    @property
+    def window(self) -> int:
+        """The latest observed values (series units) that the version 3 rules read; 0 without them."""
+        return max(self.combination.window if self.combination else 0,
+                   self.calibration.window if self.calibration else 0)
+
+    def adjust(self, quantiles: Any, history: Any) -> Any:
+        """Decoded quantiles ``[horizon, Q]`` of one series after the rules (``contract.forecast.adjust``)."""
+        return adjust(quantiles, history, self.quantiles, self.season, self.scaling.transform, self.combination,
+                      self.calibration)
+
+    def adjustment(self, history: Any, horizon: int) -> Adjustment:
+        """The rules prepared for ``horizon`` steps after ``history``, to apply step by step."""
+        return prepare(history, horizon, self.quantiles, self.season, self.scaling.transform, self.combination,
+                       self.calibration)
 
     @property
     def features(self) -> int:

@@ -20,9 +20,10 @@ def forecast_quantiles(model: Model, histories: list[np.ndarray], start_months: 
 
     The training rollout (``training/forecast_model.rollout``) with the ``step`` graph, all series in
     one batch: each reads its last ``prefix + min(context, n - prefix)`` values teacher-forced, then
-    feeds its median back. Windows are right-aligned so that every series reaches its forecast origin
-    at the same step; a shorter window joins the batch later. ``start_months``: the month of year
-    (0 = January) of each history's first value.
+    feeds its median back; when the manifest declares them, the combination and calibration rules then
+    adjust each series' quantiles (``contract.forecast.adjust``). Windows are right-aligned so that every
+    series reaches its forecast origin at the same step; a shorter window joins the batch later.
+    ``start_months``: the month of year (0 = January) of each history's first value.
     """
     pre = preprocessing(model)
     scaling, prefix = pre.scaling, pre.prefix
@@ -52,4 +53,7 @@ def forecast_quantiles(model: Model, histories: list[np.ndarray], start_months: 
         if target >= origin:
             quantiles[rows, target - origin] = results["quantiles"]
             z[rows, target] = results["quantiles"][:, pre.median]
-    return decode(quantiles, scales[:, None, None], scaling.transform)
+    decoded = decode(quantiles, scales[:, None, None], scaling.transform)
+    if pre.window:  # version 3's rules (contract.forecast.adjust), from each series' own history
+        decoded = np.stack([pre.adjust(q, h) for q, h in zip(decoded, histories, strict=True)])
+    return decoded

@@ -358,6 +358,26 @@ def test_forecast_equals_the_numpy_rollout(client: Client, data_dir: Path) -> No
         np.testing.assert_allclose([step.point for step in steps], expected[:, median], rtol=1e-5)
 
 
+@pytest.mark.skipif(not (MODELS / "forecast").is_dir(), reason="models/forecast is not shipped yet")
+def test_every_forecast_version_served_equals_the_numpy_rollout(client: Client, data_dir: Path) -> None:
+    """Each shipped version asked for by number = the reference runtime, on the hold-out's first series: version 2
+    as it always was, version 3 with its rules (the Theta combination and the calibrated band), step by step."""
+    panel = load_panel(data_dir / "forecast" / "aus_retail.csv").cut(HORIZON)
+    history, start = panel.values[3][-100:], int(panel.start_months[3] + len(panel.values[3]) - 100) % 12
+    for folder in sorted((MODELS / "forecast").iterdir(), key=lambda path: int(path.name)):
+        model = load_model(folder)
+        expected = forecast_quantiles(model, [history], np.array([start]), HORIZON)[0]
+        steps = list(client.forecast(history.tolist(), HORIZON, start_month=start + 1, version=int(folder.name)))
+        np.testing.assert_allclose([list(step.quantiles) for step in steps], expected, rtol=1e-5)
+        np.testing.assert_allclose([step.point for step in steps], expected[:, model.manifest.preprocessing.median],
+                                   rtol=1e-5)
+        if model.manifest.preprocessing.window:  # the rules changed what the graph alone gives
+            raw = replace(model.manifest, preprocessing=replace(model.manifest.preprocessing, combination=None,
+                                                                calibration=None))
+            alone = forecast_quantiles(replace(model, manifest=raw), [history], np.array([start]), HORIZON)[0]
+            assert np.abs(alone - expected).max() > 1e-3
+
+
 @pytest.mark.skipif(not (MODELS / "translation").is_dir(), reason="models/translation is not shipped yet")
 def test_translate(client: Client) -> None:
     updates = list(client.translate("The file could not be opened."))
@@ -507,3 +527,12 @@ def test_forecast_reads_zeros_and_an_observe_stream_keeps_only_what_it_reads(run
     pieces, kept_in_pieces = running.call(final_forecast([later[i : i + 7] for i in range(0, 90, 7)]))
     assert kept == kept_in_pieces == max(task.pre.lags)  # not the 138 values observed
     np.testing.assert_allclose(pieces, whole, rtol=1e-6)
+    newest = running.server.models["forecast"][max(running.server.models["forecast"])].task
+
+    async def recent() -> list[float]:
+        with newest.series(history, 1) as series:
+            await series.observe([1.0] * (newest.pre.window + 5))
+            return series.recent
+
+    if newest.pre.window:  # version 3's rules read the latest window values in series units, and only those
+        assert running.call(recent()) == [1.0] * newest.pre.window

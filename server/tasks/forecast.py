@@ -3,7 +3,10 @@
 A ``Series`` holds one stream: its values in model units (observed, then fed-back medians), its
 scale and calendar, and a state slot. The rules (scaling, step inputs) are ``contract/forecast.py``
 with the manifest's ``preprocessing``: a history is read teacher-forced over its last ``prefix +
-min(context, n - prefix)`` values; past it, each forecast median is fed back.
+min(context, n - prefix)`` values; past it, each forecast median is fed back. When the manifest declares
+version 3's rules (``combination``, ``calibration``), a stream also keeps its latest ``window`` observed values in
+series units, and each forecast step's quantiles are adjusted by them (``contract.forecast.prepare``) before it is
+sent; the fed-back medians stay the model's own.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class Series:
         self.first = 0  # the position of values[0]
         self.next_target = self.pre.prefix + 1
         self.observed = len(history)
+        self.recent = [float(v) for v in history[len(history) - self.pre.window:]] if self.pre.window else []
 
     def _encode(self, values: list[float]) -> list[float]:
         return rules.encode(values, self.scale, self.pre.scaling.transform, self.pre.scaling.floor).tolist()
@@ -110,6 +114,8 @@ class Series:
         """Append observations (scaled with the stream's fixed scale) and read them teacher-forced."""
         self.values.extend(self._encode(values))
         self.observed += len(values)
+        if self.pre.window:
+            self.recent = (self.recent + [float(v) for v in values])[-self.pre.window:]
         end = self.first + len(self.values)
         for target in range(self.next_target, end):
             await self._step(target, self.values)
@@ -119,7 +125,7 @@ class Series:
             del self.values[:unread]
             self.first += unread
 
-    FROZEN = ("values", "first", "next_target", "observed", "month0", "scale")
+    FROZEN = ("values", "first", "next_target", "observed", "month0", "scale", "recent")
 
     def frozen(self) -> tuple[Arrays, dict[str, Any]]:
         """Between messages: the state slot and the stream's numbers, for a resume token (``thaw`` takes them)."""
@@ -129,7 +135,7 @@ class Series:
         self.task.runner.pools["step"].restore(self.slots, state)
         self.values = list(values)
         for name, value in numbers.items():
-            setattr(self, name, value)
+            setattr(self, name, list(value) if name == "recent" else value)
 
     async def forecast(self, horizon: int, levels: list[int]) -> AsyncIterator[ForecastStep]:
         """``horizon`` steps past the last observation; the stream's state is left as it was."""
@@ -137,11 +143,14 @@ class Series:
         saved = pool.snapshot(self.slots)
         values = list(self.values)
         start = self.first + len(values)
+        adjustment = self.pre.adjustment(self.recent, horizon) if self.pre.window else None
         try:
             for ahead, target in enumerate(range(start, start + horizon), start=1):
                 quantiles = (await self._step(target, values)).astype(np.float64)
                 values.append(float(quantiles[self.pre.median]))
                 decoded = rules.decode(quantiles, self.scale, self.pre.scaling.transform)
+                if adjustment is not None:
+                    decoded = adjustment.apply(decoded[None], ahead - 1)[0]
                 yield ForecastStep(ahead, (self.month0 + target) % self.pre.season + 1, decoded[self.pre.median],
                                    [self.pre.quantiles[i] for i in levels], decoded[levels].tolist())
         finally:
