@@ -62,6 +62,8 @@ train-translation-v2: data
 models: train-sentiment train-forecast train-translation train-translation-v2
 	$(PY) -m export sentiment --checkpoint runs/sentiment/model.pt --out models
 	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models --version 2
+	$(PY) -m training.forecast_v3
+	$(PY) -m training.forecast_v3 --score 1 --export models/forecast
 	$(PY) -m export translation --checkpoint runs/translation/model.pt --out models
 	$(PY) -m export translation --checkpoint runs/translation-v2/model.pt --out models --version 2
 
