@@ -150,6 +150,8 @@ def restore_spans(
     """
     plain = _text(output_pieces)
     spans = [s for s in find_spans(source) if plain.count(s.text) < source.count(s.text)]
+    if not spans and unk_piece not in output_pieces:  # nothing to restore or replace (most sentences)
+        return plain
     owner = [
         next((k for k, s in enumerate(spans) if begin < s.end and s.start < end), -1) for begin, end in source_offsets
     ]

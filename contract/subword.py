@@ -37,7 +37,10 @@ class Subwords:
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """``encode`` and each piece's character range in ``text`` (the library reports bytes)."""
         pieces = self.processor.encode(text, out_type="proto").pieces
-        chars = [0] * (len(text.encode("utf-8")) + 1)
+        data = text.encode("utf-8")
+        if len(data) == len(text):  # ASCII (most text): byte and character positions are the same
+            return [p.id for p in pieces], [(p.begin, p.end) for p in pieces]
+        chars = [0] * (len(data) + 1)
         position = 0
         for index, char in enumerate(text):
             size = len(char.encode("utf-8"))

@@ -219,7 +219,8 @@ class TranslationTask:
     def _restored(self, sentence: Sentence, tokens: list[Token]) -> str:
         """The translation of ``sentence`` that ``tokens`` spell, its copied spans restored by their attention."""
         pieces = [self.tokenizer.processor.id_to_piece(t.token_id) for t in tokens]
-        alignment = [int(t.attention[: len(sentence.ids)].argmax()) for t in tokens]
+        width = len(sentence.ids)
+        alignment = np.stack([t.attention[:width] for t in tokens]).argmax(axis=1).tolist() if tokens else []
         return restore_spans(sentence.text, sentence.offsets, pieces, alignment)
 
     def resume(self, paragraph: Paragraph, sent: list[int], decoding: Decoding
