@@ -193,19 +193,27 @@ class TranslationTask:
                     yield tokens
             paragraph.texts.append(self._restored(paragraph.sentences[0], found))
             return
-        queues: list[asyncio.Queue[list[Token] | None]] = [asyncio.Queue() for _ in streams]
+        queues: list[asyncio.Queue[list[Token] | Exception | None]] = [asyncio.Queue() for _ in streams]
 
-        async def pump(stream: AsyncIterator[list[Token]], queue: asyncio.Queue[list[Token] | None]) -> None:
-            async for tokens in stream:
-                queue.put_nowait(tokens)
+        async def pump(stream: AsyncIterator[list[Token]], queue: asyncio.Queue[list[Token] | Exception | None]
+                       ) -> None:
+            """The stream's lists into ``queue``, then None, or its failure (the reader raises it)."""
+            try:
+                async for tokens in stream:
+                    queue.put_nowait(tokens)
+            except Exception as error:  # handed to the reader, which raises it
+                queue.put_nowait(error)
+                return
             queue.put_nowait(None)
 
         tasks = [asyncio.ensure_future(pump(s, q)) for s, q in zip(streams, queues, strict=True)]
         total, start = len(paragraph.ids), 0
         try:
-            for sentence, queue, task in zip(paragraph.sentences, queues, tasks, strict=True):
+            for sentence, queue in zip(paragraph.sentences, queues, strict=True):
                 found: list[Token] = []
-                while (tokens := await _next(queue, task)) is not None:
+                while (tokens := await queue.get()) is not None:
+                    if isinstance(tokens, Exception):
+                        raise tokens
                     found += tokens
                     yield [Token(t.token_id, t.log_prob, _placed(t.attention[: len(sentence.ids)], start, total))
                            for t in tokens]
@@ -312,20 +320,6 @@ class TranslationTask:
         found = await tokens
         for start in range(0, len(found), most):
             yield found[start : start + most]
-
-
-async def _next(queue: asyncio.Queue[list[Token] | None], task: asyncio.Future[None]) -> list[Token] | None:
-    """The next item of ``queue``, or the failure of the ``task`` that fills it."""
-    if queue.empty() and task.done():
-        task.result()  # raises its error; a task that ended well has left None in the queue
-    getter = asyncio.ensure_future(queue.get())
-    try:
-        await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
-        if not getter.done() and (task.cancelled() or task.exception() is not None):
-            task.result()
-        return await getter
-    finally:
-        getter.cancel()
 
 
 def _placed(attention: np.ndarray, start: int, total: int) -> np.ndarray:
