@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import MODELS, Process
+from servers import MODELS, Process, wait_for
 
 from client import Client
 from protos.seqserve.v1 import common_pb2, sentiment_pb2
@@ -76,6 +76,8 @@ def test_sigterm_drains_then_refuses_then_ends_open_streams_with_unavailable() -
         for thread in (watcher, poller, stream):
             thread.start()
         assert server.wait_for_sample("seqserve_active_streams", 1)
+        # the poller's first answer comes before the signal (its channel may connect late on a loaded machine)
+        assert wait_for(lambda: any(what == "SERVING" for _, what in poller.events), timeout=10)
         with Client(server.target, timeout=10) as client:
             signalled = time.monotonic()
             server.terminate()
