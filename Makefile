@@ -65,8 +65,9 @@ train-translation-v3: data
 
 # Train with the full settings and export every model into the shipped repository, models/.
 # Each export runs in its own process (see export/__main__.py).
-models: train-sentiment train-forecast train-translation train-translation-v2 train-translation-v3
-	$(PY) -m export sentiment --checkpoint runs/sentiment/model.pt --out models
+models: train-forecast train-translation train-translation-v2 train-translation-v3
+	$(PY) -m training.sentiment_init models/sentiment/1 --out runs/sentiment-v1
+	$(PY) -m export sentiment --checkpoint runs/sentiment-v1/model.pt --out models --version 2
 	$(PY) -m export forecast --checkpoint runs/forecast/model.pt --out models --version 2
 	$(PY) -m training.forecast_v3
 	$(PY) -m training.forecast_v3 --score 1 --export models/forecast

@@ -76,6 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--repeats-large", type=int, default=3, help="repeats when N > 64 (fewer to save time)")
     p.add_argument("--models", type=Path, default=Path("models"))
+    p.add_argument("--version", type=int, help="the model version of each task measured (default: each one's newest)")
+    p.add_argument("--compare-version", type=int, metavar="V",
+                   help="sustained mode: also measure version V of each task, on the same server and with its own "
+                        "(a), alternating with the others (systems 'server vV' and '(a) ort vV')")
     p.add_argument("--server-max-batch", type=int, default=256, help="the server's max_batch (its default)")
     p.add_argument(
         "--wait-for-translation",
@@ -186,9 +190,17 @@ def bench_sustained(task: str, args: argparse.Namespace, reference: Checkout | N
         print(f"{task}: {model_dir}, sustained {args.duration:g} s after {args.warmup:g} s, "
               f"{len(workload.texts)} texts; servers: " + ", ".join(f"{n} {s.package} (pid {s.pid})"
                                                                    for n, s in served.items()), flush=True)
+        other = args.models / task / str(args.compare_version) if args.compare_version is not None else None
+        if other is not None:
+            other_workload = (workloads.translation if task == "translation" else workloads.sentiment)(other, POOL)
+            print(f"  and {other}, same texts: {other_workload.ids == workload.ids}", flush=True)
         for n in args.streams:
             repeats = args.repeats if n <= 64 else args.repeats_large
             systems = sustained_systems(task, args, served, n, workload)
+            if other is not None:
+                systems |= {f"{name} v{args.compare_version}": partial(lambda run, w: run(other_workload), run)
+                            for name, run in sustained_systems(task, args, served, n, other_workload).items()
+                            if name != "(c) torch"}
             for name, summary in measure_alternating(systems, workload, repeats, None, n).items():
                 results.setdefault(name, {})[n] = summary
     return results
@@ -251,6 +263,9 @@ def _idle_cpu(servers: list[load.Served], seconds: float = 1.0) -> list[float]:
 
 
 def _model_dir(task: str, args: argparse.Namespace) -> Path | None:
+    if args.version is not None:
+        chosen = args.models / task / str(args.version)
+        return chosen if (chosen / "manifest.json").is_file() else None
     deadline = time.monotonic() + args.wait_for_translation * (task == "translation")
     while (found := workloads.newest_version(args.models, task)) is None and time.monotonic() < deadline:
         time.sleep(10)

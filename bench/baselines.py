@@ -3,7 +3,7 @@
 - ``ort_*`` (a): the shipped ONNX graphs in ONNX Runtime with the server's session options, all
   ``N`` streams in one batch per step, rows dropped as they finish: the most this machine can do
   with these graphs, with no RPC, queueing or per-stream bookkeeping. These are the reference
-  runtime's loops (``evaluate.greedy_steps``, ``evaluate.sentiment_steps``), timed step by step.
+  runtime's loops (``evaluate.greedy_steps``, ``evaluate.sentiment_steps``), timed run by run.
   In the sustained mode (``*_closed``) the batch keeps ``N`` rows: a row that ends is replaced at
   once by the next text (continuous batching, as the server does).
 - ``torch_*`` (c): a naive server: the PyTorch model in eager mode, one stream per call
@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.stats import Request, Run, Sustained, windowed
 from bench.workloads import Workload
+from contract.manifest import SentimentPreprocessing
 from contract.repository import Model, load_model
 from contract.sessions import step_sessions
 from contract.translation import greedy_tokens
@@ -68,20 +69,19 @@ def ort_translation(workload: Workload) -> Run:
 
 
 def ort_sentiment(workload: Workload) -> Run:
-    """All snippets in one batch, one token per stream per step (``evaluate.sentiment_steps``); a stream
-    leaves after its last token."""
+    """All snippets in one batch through the stream graph (``evaluate.sentiment_steps``): a chunk graph's
+    ``chunk_tokens`` tokens, or one, per stream per run; a stream leaves after its last token."""
     model = _model(workload)
     arrivals: list[list[float]] = [[] for _ in workload.ids]
     cpu, started = time.process_time(), time.perf_counter()
-    steps = 0
-    for rows, _ in sentiment_steps(model, workload.ids):
+    runs = rows_run = 0
+    for rows, probs in sentiment_steps(model, workload.ids):
         now = time.perf_counter() - started
-        steps += 1
+        runs, rows_run = runs + 1, rows_run + len(rows)
         for row in rows.tolist():
-            arrivals[row].append(now)
+            arrivals[row].extend([now] * min(probs.shape[1], len(workload.ids[row]) - len(arrivals[row])))
     seconds = time.perf_counter() - started
-    tokens = sum(map(len, workload.ids))
-    return Run(arrivals, seconds, time.process_time() - cpu, batch=tokens / steps, step_s=seconds / steps)
+    return Run(arrivals, seconds, time.process_time() - cpu, batch=rows_run / runs, step_s=seconds / runs)
 
 
 class ClosedLoop:
@@ -170,10 +170,13 @@ def ort_translation_closed(workload: Workload, sustained: Sustained) -> Run:
 
 
 def ort_sentiment_closed(workload: Workload, sustained: Sustained) -> Run:
-    """(a) in the sustained mode: ``sustained.clients`` streams as one batch of the ``step`` graph, one token per
-    stream per step; a stream that has had its last token is replaced at once by the next snippet."""
+    """(a) in the sustained mode: ``sustained.clients`` streams as one batch of the stream graph, a chunk graph's
+    ``chunk_tokens`` tokens (or one) per stream per run; a stream that has had its last token is replaced at once
+    by the next snippet."""
     model = _model(workload)
-    session, specs = model.sessions["step"], model.manifest.state_of("step")
+    pre = model.preprocessing(SentimentPreprocessing)
+    graph, width = pre.stream_graph, pre.chunk_tokens or 1
+    session, specs = model.sessions[graph], model.manifest.state_of(graph)
     names = [o.name for o in session.get_outputs()]
     loop = ClosedLoop(workload, sustained)
 
@@ -185,12 +188,16 @@ def ort_sentiment_closed(workload: Workload, sustained: Sustained) -> Run:
     requests, ids, state = admit(sustained.clients)
     t = np.zeros(len(requests), dtype=np.int64)
     while True:
-        feed = np.array([row[k] for row, k in zip(ids, t.tolist(), strict=True)], dtype=np.int64)
-        out = dict(zip(names, session.run(names, {"ids": feed, **state}), strict=True))
-        now, t = time.perf_counter(), t + 1
-        going = t < np.array([len(row) for row in ids])
-        for request, row_going in zip(requests, going.tolist(), strict=True):
-            request.arrivals.append(now)
+        lengths = np.array([len(row) for row in ids])
+        piece = np.minimum(lengths - t, width)
+        feed = np.full((len(ids), int(piece.max())), pre.pad_id, dtype=np.int64)
+        for row, (stream, start, count) in enumerate(zip(ids, t.tolist(), piece.tolist(), strict=True)):
+            feed[row, :count] = stream[start : start + count]
+        out = dict(zip(names, session.run(names, {**pre.stream_inputs(feed, piece), **state}), strict=True))
+        now, t = time.perf_counter(), t + piece
+        going = t < lengths
+        for request, count, row_going in zip(requests, piece.tolist(), going.tolist(), strict=True):
+            request.arrivals.extend([now] * count)
             if not row_going:
                 request.end = now
         if not loop.tick(len(requests)):

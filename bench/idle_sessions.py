@@ -61,9 +61,10 @@ def rss_bytes(pid: int) -> int:
 
 
 def state_bytes(model: Path) -> int:
-    """Bytes of state per StreamSentiment session: every state tensor of the step graph, one row."""
+    """Bytes of state per StreamSentiment session: every state tensor of the stream graph, one row."""
     manifest = read_manifest(model)
-    return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in manifest.state_of("step"))
+    graph = manifest.preprocessing.stream_graph
+    return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in manifest.state_of(graph))
 
 
 def slots_in_use(metrics_port: int) -> float:

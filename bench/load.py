@@ -30,12 +30,16 @@ from bench.workloads import Workload
 from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
 
 STREAMS_PER_CHANNEL = 64  # HTTP/2 connections share the load the way several clients would
-STEP_GRAPH = {"translation": "decoder_step", "sentiment": "step"}
 ROOT = Path(__file__).resolve().parents[1]  # this checkout: its server is the one measured by default
 # ``python -m server``, after saying which ``server`` package it imported (``serving`` checks it).
 LAUNCH = ("import runpy, sys, server; print('seqserve-bench: server package', server.__path__[0], flush=True); "
           "runpy.run_module('server', run_name='__main__', alter_sys=True)")
 REPORTED = re.compile(rb"^seqserve-bench: server package (.+)$", re.M)
+
+
+def model_ref(workload: Workload) -> common_pb2.ModelRef:
+    """The workload's model version, by name and number (not "the newest loaded")."""
+    return common_pb2.ModelRef(name=workload.model_dir.parent.name, version=int(workload.model_dir.name))
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ def _run(served: Served, workload: Workload, one, per_token: bool = True) -> Run
 
     Also records both processes' CPU time and the server's mean batch size and step time.
     """
-    graph = STEP_GRAPH[workload.task]
+    graph = workload.stream_graph
 
     async def streams() -> Run:
         count = len(workload.texts)
@@ -181,7 +185,7 @@ def closed_loop(served: Served, workload: Workload, one, sustained: Sustained) -
     request (``one``, as in ``_run``) as soon as its last one ends, client ``i`` taking texts ``i``, ``i + clients``,
     … of ``workload`` round and round. Measured over ``sustained.seconds`` after ``sustained.warmup`` seconds
     (``stats.windowed``); the requests still running at the end are cancelled."""
-    graph, clients = STEP_GRAPH[workload.task], sustained.clients
+    graph, clients = workload.stream_graph, sustained.clients
 
     async def client(channel: grpc.aio.Channel, first: int, requests: list[Request]) -> None:
         for index in itertools.count(first, clients):
@@ -220,7 +224,7 @@ def translate(served: Served, workload: Workload, tokens_per_message: int = 1, c
 
     A message's tokens all count as arriving with it. ``closed``: the sustained mode (``closed_loop``).
     """
-    ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
+    ref = model_ref(workload)
     options = translate_pb2.DecodeOptions(max_tokens_per_message=tokens_per_message)
 
     async def one(channel: grpc.aio.Channel, index: int, started: float, arrivals: list[float]) -> None:
@@ -240,7 +244,7 @@ def translate_whole(served: Served, workload: Workload) -> Run:
     tokens count as arriving with that message: its "time to first token" is the time to the
     whole translation, and it has no inter-token latency.
     """
-    ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
+    ref = model_ref(workload)
 
     async def one(channel: grpc.aio.Channel, index: int, started: float, arrivals: list[float]) -> None:
         stub = translate_pb2_grpc.TranslationStub(channel)
@@ -255,7 +259,7 @@ def stream_sentiment(served: Served, workload: Workload, closed: Sustained | Non
     """``StreamSentiment`` streams: the whole snippet as one chunk, one update per token back (or
     ``max_tokens_per_message`` to a message; a message's tokens all count as arriving with it). ``closed``: as
     ``translate``'s."""
-    ref = common_pb2.ModelRef(name=workload.model_dir.parent.name)
+    ref = model_ref(workload)
 
     async def one(channel: grpc.aio.Channel, index: int, started: float, arrivals: list[float]) -> None:
         stub = sentiment_pb2_grpc.SentimentStub(channel)

@@ -37,6 +37,12 @@ class Workload:
     def manifest(self) -> Manifest:
         return read_manifest(self.model_dir)
 
+    @property
+    def stream_graph(self) -> str:
+        """The graph a stream steps through, whose batches the server's metrics count."""
+        pre = self.manifest.preprocessing
+        return pre.stream_graph if isinstance(pre, SentimentPreprocessing) else "decoder_step"
+
     def take(self, n: int) -> Workload:
         return replace(self, texts=self.texts[:n], ids=self.ids[:n])
 

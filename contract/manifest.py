@@ -163,14 +163,35 @@ class SentimentPreprocessing:
     unk_id: int
     max_tokens: int  # tokens a text may have, Classify and StreamSentiment alike; a longer one is refused
     labels: tuple[str, ...]  # class index -> label; the last one is "positive"
+    # Streams step through a ``chunk`` graph (ids ``[batch, tokens]``, ``lengths``, a probability per token) at most
+    # this many tokens per run; 0: through a ``step`` graph, one token per run (version 1).
+    chunk_tokens: int = 0
 
-    GRAPHS: ClassVar[Needs] = {"sequence": (("ids", "lengths"), ("probs",)), "step": (("ids",), ("probs",))}
     FILES: ClassVar[tuple[str, ...]] = ("vocabulary",)  # fields that name files: they must be listed in ``files``
 
     @classmethod
     def parse(cls, f: Fields) -> SentimentPreprocessing:
-        return cls(f.get("vocabulary", str), f.get("lowercase", bool, True), f.get("pad_id", int),
-                   f.get("unk_id", int), f.get("max_tokens", int), tuple(f.get("labels", list)))
+        pre = cls(f.get("vocabulary", str), f.get("lowercase", bool, True), f.get("pad_id", int), f.get("unk_id", int),
+                  f.get("max_tokens", int), tuple(f.get("labels", list)), f.get("chunk_tokens", int, 0))
+        if pre.chunk_tokens < 0:
+            raise f.error("chunk_tokens", f"is {pre.chunk_tokens}, expected a positive integer (or 0: a step graph)")
+        return pre
+
+    @property
+    def stream_graph(self) -> str:
+        """The stateful graph that streams run: ``chunk`` or ``step``."""
+        return "chunk" if self.chunk_tokens else "step"
+
+    def stream_inputs(self, ids: Any, lengths: Any) -> dict[str, Any]:
+        """One run's plain inputs of the stream graph for pieces of streams, ``ids`` ``[rows, tokens]`` (int64,
+        right-padded; ``lengths`` real, at most ``chunk_tokens``): the chunk graph takes them as they are, a step
+        graph the first token of each row."""
+        return {"ids": ids, "lengths": lengths} if self.chunk_tokens else {"ids": ids[:, 0]}
+
+    @property
+    def needs(self) -> Needs:
+        stream = (("ids", "lengths"), ("probs",)) if self.chunk_tokens else (("ids",), ("probs",))
+        return {"sequence": (("ids", "lengths"), ("probs",)), self.stream_graph: stream}
 
 
 @dataclass(frozen=True)
@@ -236,7 +257,6 @@ class ForecastPreprocessing:
     combination: Combination | None = None  # version 3's rules; absent: the model's quantiles as they are
     calibration: Calibration | None = None
 
-    GRAPHS: ClassVar[Needs] = {"step": (("value", "features"), ("quantiles",))}
     FILES: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
@@ -281,6 +301,10 @@ class ForecastPreprocessing:
     def features(self) -> int:
         return self.season + len(self.lags)
 
+    @property
+    def needs(self) -> Needs:
+        return {"step": (("value", "features"), ("quantiles",))}
+
 
 @dataclass(frozen=True)
 class TranslationPreprocessing:
@@ -294,8 +318,6 @@ class TranslationPreprocessing:
     length_penalty: float
     beam: int
 
-    GRAPHS: ClassVar[Needs] = {"encoder": (("src_ids", "src_lengths"), ()),
-                               "decoder_step": (("prev_tokens",), ("log_probs", "attention"))}
     FILES: ClassVar[tuple[str, ...]] = ("subwords",)
 
     @classmethod
@@ -309,6 +331,11 @@ class TranslationPreprocessing:
     @property
     def max_length(self) -> int:
         return self.output_length.max_length
+
+    @property
+    def needs(self) -> Needs:
+        return {"encoder": (("src_ids", "src_lengths"), ()),
+                "decoder_step": (("prev_tokens",), ("log_probs", "attention"))}
 
 
 Preprocessing = SentimentPreprocessing | ForecastPreprocessing | TranslationPreprocessing
@@ -399,7 +426,7 @@ def _check_wiring(m: Manifest, f: Fields) -> None:
         for name in type(m.preprocessing).FILES:
             if (file := getattr(m.preprocessing, name)) not in m.files:
                 raise ManifestError(f"{f.where}: preprocessing.{name} {file!r} is not listed in 'files'")
-    needs: Needs = type(m.preprocessing).GRAPHS if m.preprocessing else {}
+    needs: Needs = m.preprocessing.needs if m.preprocessing else {}
     for name, (inputs, outputs) in needs.items():
         graph = m.graphs.get(name)
         if graph is None:

@@ -1,4 +1,5 @@
-"""Sentiment with the ``sequence`` graph (a whole text) and the ``step`` graph (a running probability per token)."""
+"""Sentiment with the ``sequence`` graph (a whole text) and the stream graph (a running probability per token):
+``chunk``, several tokens of every stream per run, or version 1's ``step``, one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from contract.manifest import Reference, SentimentPreprocessing
 from contract.repository import Model
 from contract.words import WordTokenizer, padded_groups
 
-STEP, SEQUENCE = "step", "sequence"
+SEQUENCE = "sequence"
 BATCH_TOKENS = 65_536  # padded tokens per run of the sequence graph, as the server's default max_batch_tokens
 
 
@@ -50,27 +51,33 @@ def sentiment_probs(model: Model, texts: list[str], first: int | None = None) ->
 
 
 def sentiment_steps(model: Model, ids: list[list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The ``step`` graph over every stream at once, one token per stream per step; a stream leaves the
-    batch after its last token. Yields the rows (indices into ``ids``) of each step and their probabilities."""
+    """The stream graph (``chunk``, or version 1's ``step``) over every stream at once, ``chunk_tokens`` tokens (one)
+    per stream per run; a stream leaves the batch after its last token. Yields the rows (indices into ``ids``) of
+    each run and their probabilities ``[rows, tokens, labels]``, right-padded: row ``i``'s first
+    ``min(chunk_tokens, tokens left)`` are its own."""
     if not ids:
         return
-    session, specs = model.sessions[STEP], model.manifest.state_of(STEP)
+    pre = preprocessing(model)
+    graph, width = pre.stream_graph, pre.chunk_tokens or 1
+    session, specs = model.sessions[graph], model.manifest.state_of(graph)
     if any(isinstance(s.initial, Reference) for s in specs):
-        raise ValueError(f"{model.name}/{model.version}: a sentiment step state must start from a constant")
+        raise ValueError(f"{model.name}/{model.version}: a sentiment stream state must start from a constant")
     lengths = np.array([len(row) for row in ids])
-    tokens = np.zeros((len(ids), max(int(lengths.max()), 1)), dtype=np.int64)
+    tokens = np.full((len(ids), max(int(lengths.max()), 1)), pre.pad_id, dtype=np.int64)
     for row, stream in enumerate(ids):
         tokens[row, : len(stream)] = stream
     names = [o.name for o in session.get_outputs()]
     state = {s.input: np.full((len(ids), *s.shape), s.initial, dtype=s.dtype) for s in specs}
     rows = np.arange(len(ids))
-    for t in range(int(lengths.max())):
-        going = lengths[rows] > t
+    for start in range(0, int(lengths.max()), width):
+        going = lengths[rows] > start
         if not going.all():
             rows, state = rows[going], {k: v[going] for k, v in state.items()}
-        out = dict(zip(names, session.run(names, {"ids": tokens[rows, t], **state}), strict=True))
+        piece = np.minimum(lengths[rows] - start, width)
+        feed = pre.stream_inputs(tokens[rows, start : start + int(piece.max())], piece)
+        out = dict(zip(names, session.run(names, {**feed, **state}), strict=True))
         state = {s.input: out[s.output] for s in specs}
-        yield rows, out["probs"]
+        yield rows, out["probs"].reshape(len(rows), -1, len(pre.labels))
 
 
 def sentiment_running(model: Model, texts: list[str]) -> list[np.ndarray]:
@@ -80,5 +87,5 @@ def sentiment_running(model: Model, texts: list[str]) -> list[np.ndarray]:
     running: list[list[np.ndarray]] = [[] for _ in ids]
     for rows, probs in sentiment_steps(model, ids):
         for row, p in zip(rows.tolist(), probs, strict=True):
-            running[row].append(p)
+            running[row].extend(p[: len(ids[row]) - len(running[row])])
     return [np.array(r, dtype=np.float32).reshape(-1, labels) for r in running]

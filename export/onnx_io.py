@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import shlex
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,49 @@ def export_graph(
         if frozen:
             raise RuntimeError(f"{path}: input {name!r} lost its dynamic axes {frozen} (shape {shape})")
     return entry
+
+
+def export_graph_apart(*args: Any) -> dict[str, Any]:
+    """``export_graph`` in a fresh process. With torch 2.13 the dynamo exporter freezes a dynamic axis of the
+    second model with a recurrent layer that one process exports, whichever comes first."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(export_graph, *args).result()
+
+
+def wire_sequence_lengths(path: Path, lengths: str) -> dict[str, Any]:
+    """Feed graph input ``lengths`` (int64 ``[batch]``) to every ``LSTM``/``GRU``/``RNN`` node's ``sequence_lens``,
+    rewriting ``path``, and return its manifest entry.
+
+    torch's exporter leaves ``sequence_lens`` empty (every row runs the whole time axis). With it, ONNX's
+    recurrent operators stop each row at its length: ``Y`` is zero after it and the final state outputs
+    (``Y_h``, ``Y_c``) are the state after the row's last real step, so rows of different lengths share a run.
+    """
+    model = onnx.load(str(path))
+    recurrent = [n for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN")]
+    if not recurrent or lengths not in {i.name for i in model.graph.input}:
+        raise RuntimeError(f"{path}: no recurrent operator, or no input {lengths!r}, to wire")
+    cast = onnx.helper.make_node("Cast", [lengths], [f"{lengths}_int32"], to=onnx.TensorProto.INT32)
+    for node in recurrent:
+        while len(node.input) < 5:
+            node.input.append("")
+        node.input[4] = cast.output[0]
+    model.graph.node.insert(0, cast)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return describe_graph(path)
+
+
+def name_output_axes(path: Path, axes: dict[str, dict[int, str]]) -> None:
+    """Declare output axes symbolic (``{output: {axis: symbol}}``) where the exporter wrote the example's size, and
+    drop its inferred intermediate shapes, which carry that size too (it does so for the chunk graph's
+    ``tokens`` after the recurrent layer). ONNX Runtime infers them again; the graph's computation is unchanged."""
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        for axis, symbol in axes.get(output.name, {}).items():
+            output.type.tensor_type.shape.dim[axis].dim_param = symbol
+    del model.graph.value_info[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def describe_graph(path: Path) -> dict[str, Any]:

@@ -60,9 +60,18 @@ def sentiment_limited(max_tokens: int) -> Path:
     return root
 
 
+def newest(name: str) -> Model:
+    """The version of model ``name`` that a request without a version gets (the newest)."""
+    return load_model(max((MODELS / name).iterdir(), key=lambda path: int(path.name)))
+
+
 def newest_translation() -> Model:
-    """The translation version that a request without a version gets (the newest)."""
-    return load_model(max((MODELS / "translation").iterdir(), key=lambda path: int(path.name)))
+    return newest("translation")
+
+
+def sentiment_stream_graph() -> str:
+    """The graph that the newest sentiment version's streams run (``chunk``, or a version 1's ``step``)."""
+    return newest("sentiment").manifest.preprocessing.stream_graph
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

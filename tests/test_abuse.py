@@ -18,10 +18,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 
 import grpc
 import pytest
-from servers import CONFIG, MODELS, ROOT, Process, Running, wait_for
+from servers import CONFIG, MODELS, ROOT, Process, Running, sentiment_stream_graph, wait_for
 
 from client import Client
 from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
@@ -164,8 +165,9 @@ def test_slow_readers_do_not_hold_slots() -> None:
                 time.sleep(30)
 
             held = [sentiment_pb2_grpc.SentimentStub(c).StreamSentiment(endless(), timeout=60) for c in channels[:4]]
-            assert wait_for(lambda: running.sample("seqserve_stream_slots_in_use", graph="step") == 4)
-            assert wait_for(lambda: running.sample("seqserve_stream_slots_in_use", graph="step") == 0, 10)
+            in_use = partial(running.sample, "seqserve_stream_slots_in_use", graph=sentiment_stream_graph())
+            assert wait_for(lambda: in_use() == 4)
+            assert wait_for(lambda: in_use() == 0, 10)
             assert [u.token for u in client.stream_sentiment(["a fine film"])] == ["a", "fine", "film"]
             for call in held:
                 call.cancel()

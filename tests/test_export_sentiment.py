@@ -1,4 +1,4 @@
-"""Sentiment export: ONNX step-by-step equals PyTorch, batching changes nothing, the loader guards the files."""
+"""Sentiment export: ONNX chunk by chunk equals PyTorch, batching changes nothing, the loader guards the files."""
 
 import json
 import shutil
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from contract.repository import ManifestError, load_model
+from evaluate.sentiment import sentiment_steps
 from training.sentiment import Config, SentimentModel
 from training.sentiment_data import Vocabulary
 
@@ -40,41 +41,37 @@ def export_tiny(tmp_path: Path, cell: str, pool: str) -> tuple[SentimentModel, P
     return model, tmp_path / "models" / "sentiment" / "1"
 
 
-def run_steps(model_dir: Path, streams: list[np.ndarray]) -> list[np.ndarray]:
-    """Feed every stream token by token in one batch; a stream that has ended keeps its last output."""
-    loaded = load_model(model_dir)
-    session, spec = loaded.sessions["step"], loaded.manifest.state_of("step")
-    state = {s.input: np.full((len(streams), *s.shape), s.initial, dtype=np.float32) for s in spec}
-    outputs = [[] for _ in streams]
-    for t in range(max(len(s) for s in streams)):
-        active = [i for i, s in enumerate(streams) if t < len(s)]
-        feed = {name: value[active] for name, value in state.items()}
-        feed["ids"] = np.array([streams[i][t] for i in active], dtype=np.int64)
-        results = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed), strict=True))
-        for row, i in enumerate(active):
-            outputs[i].append(results["probs"][row])
-        for s in spec:
-            state[s.input][active] = results[s.output]
+def run_chunks(model_dir: Path, streams: list[np.ndarray]) -> list[np.ndarray]:
+    """Every stream through the chunk graph in one batch, 64 tokens per run (the reference runtime's loop)."""
+    outputs: list[list[np.ndarray]] = [[] for _ in streams]
+    for rows, probs in sentiment_steps(load_model(model_dir), [s.tolist() for s in streams]):
+        for row, p in zip(rows.tolist(), probs, strict=True):
+            outputs[row].extend(p[: len(streams[row]) - len(outputs[row])])
     return [np.stack(o) for o in outputs]
 
 
 @pytest.mark.parametrize(("cell", "pool"), [("lstm", "meanmax"), ("gru", "last")])
-def test_step_graph_matches_pytorch_for_every_token_and_batch_size(exported: dict, cell: str, pool: str) -> None:
+def test_chunk_graph_matches_pytorch_for_every_token_length_and_batch_size(exported: dict, cell: str, pool: str
+                                                                           ) -> None:
     model, model_dir = exported[cell, pool]
     manifest = json.loads((model_dir / "manifest.json").read_text())
     for graph in manifest["graphs"].values():  # dynamic axes survived the export
         assert all(tensor["shape"][0] == "batch" for tensor in graph["inputs"])
-    assert manifest["graphs"]["sequence"]["inputs"][0]["shape"] == ["batch", "tokens"]
+        assert graph["inputs"][0]["shape"] == ["batch", "tokens"]
+    assert sorted(manifest["graphs"]) == ["chunk", "sequence"] and manifest["preprocessing"]["chunk_tokens"] == 64
 
+    # Rows of different lengths share each run (each stops at its own length), and streams longer than one
+    # run's 64 tokens carry their state, pools and count from run to run.
     rng = np.random.default_rng(0)
-    streams = [rng.integers(1, VOCAB, size=rng.integers(1, 12)) for _ in range(17)]
+    streams = [rng.integers(1, VOCAB, size=rng.integers(1, 12)) for _ in range(15)]
+    streams += [rng.integers(1, VOCAB, size=size) for size in (64, 150)]
     with torch.no_grad():
         expected = [torch.softmax(model.logits_per_token(torch.from_numpy(s)[None]), -1)[0].numpy() for s in streams]
-    solo = [run_steps(model_dir, [s])[0] for s in streams]
+    solo = [run_chunks(model_dir, [s])[0] for s in streams]
     for got, want in zip(solo, expected, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
     for size in (3, 17):
-        batched = [p for start in range(0, 17, size) for p in run_steps(model_dir, streams[start : start + size])]
+        batched = [p for start in range(0, 17, size) for p in run_chunks(model_dir, streams[start : start + size])]
         for got, alone in zip(batched, solo, strict=True):
             np.testing.assert_allclose(got, alone, atol=1e-6)
 
@@ -104,7 +101,7 @@ def test_loader_rejects_tampered_and_unpaired_models(exported: dict, tmp_path: P
     with pytest.raises(ManifestError, match=r"state\[1\]\.output: state 'c' has no paired output"):
         load_model(model_dir)
     manifest["state"][1]["output"] = "c_next"
-    manifest["graphs"]["step"]["inputs"].append({"name": "ghost", "dtype": "float32", "shape": ["batch"]})
+    manifest["graphs"]["chunk"]["inputs"].append({"name": "ghost", "dtype": "float32", "shape": ["batch"]})
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match=r"graphs\.step\.inputs\[6\]: 'ghost' is not in step\.onnx"):
+    with pytest.raises(ManifestError, match=r"graphs\.chunk\.inputs\[7\]: 'ghost' is not in chunk\.onnx"):
         load_model(model_dir)

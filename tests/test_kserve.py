@@ -24,7 +24,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
-from servers import Running, wait_for
+from servers import Running, newest, wait_for
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -272,7 +272,7 @@ def test_unary_sentiment_equals_classify(triton_client: triton.InferenceServerCl
     np.testing.assert_allclose(result.as_numpy("PROBABILITIES"),
                                [list(r.probabilities) for r in classified.results], atol=1e-6)
     assert [label.decode() for label in result.as_numpy("LABEL")] == [r.label for r in classified.results]
-    assert result.get_response().model_version == "1"
+    assert result.get_response().model_version == str(newest("sentiment").version)
     only = triton_client.infer("sentiment", [text_input(texts[0])], outputs=[triton.InferRequestedOutput("LABEL")])
     assert only.as_numpy("PROBABILITIES") is None and only.as_numpy("LABEL").tolist() == [b"fresh"]
 
@@ -606,7 +606,7 @@ def test_both_protocols_count_in_the_same_series(triton_client: triton.Inference
     assert count > 0 and wait_for(lambda: (tokens("kserve", "ModelInfer"), tokens("seqserve", "TranslateBatch"))
                                   == tuple(b + count for b in tokens_before))
     assert wait_for(lambda: running.sample("seqserve_active_streams", protocol="kserve") == 0)
-    statistics = triton_client.get_inference_statistics("sentiment").model_stats[0]
+    statistics = triton_client.get_inference_statistics("sentiment", str(newest("sentiment").version)).model_stats[0]
     assert statistics.inference_stats.success.count >= 1 and statistics.inference_stats.success.ns > 0
 
 

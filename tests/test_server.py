@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from servers import CONFIG, MODELS, Running, newest_translation, wait_for
+from servers import CONFIG, MODELS, Running, newest, newest_translation, sentiment_stream_graph, wait_for
 
 from client import Client
 from client.__main__ import main as cli
@@ -71,7 +71,7 @@ def test_models(client: Client) -> None:
     names = {(m.name, m.task) for m in client.list_models()}
     assert ("sentiment", "sentiment") in names
     info = client.get_model("sentiment")
-    assert info.version >= 1 and "step" in info.graphs and '"labels"' in info.preprocessing_json
+    assert info.version >= 1 and sentiment_stream_graph() in info.graphs and '"labels"' in info.preprocessing_json
     for name, version in (("nope", 0), ("sentiment", 999)):
         with pytest.raises(grpc.RpcError) as error:
             client.get_model(name, version)
@@ -151,8 +151,8 @@ def test_batched_streams_equal_solo_streams(running: Running) -> None:
     texts = [f"{TEXTS[i % 4]} {'Truly ' * (i % 5)}scene {i} was {['great', 'awful'][i % 2]}." for i in range(64)]
     solo = [asyncio.run(_stream(running.target, text)) for text in texts]
     def over_8() -> float:
-        """Steps of the sentiment step graph with more than 8 rows so far."""
-        labels = {"model": "sentiment", "graph": "step"}
+        """Runs of the sentiment stream graph with more than 8 rows so far."""
+        labels = {"model": "sentiment", "graph": sentiment_stream_graph()}
         return (running.sample("seqserve_batch_size_count", **labels)
                 - running.sample("seqserve_batch_size_bucket", **labels, le="8.0"))
 
@@ -168,6 +168,26 @@ def test_batched_streams_equal_solo_streams(running: Running) -> None:
         pairs = zip(alone, among, strict=True)
         worst = max(abs(a - b) for (_, pa), (_, pb) in pairs for a, b in zip(pa, pb, strict=True))
         assert worst <= 1e-5
+
+
+def test_chunk_graph_streams_equal_step_graph_streams(running: Running, client: Client) -> None:
+    """Version 2 runs a stream's chunk in runs of up to ``chunk_tokens`` tokens (``chunk``), version 1 token by token
+    (``step``): the same weights, so the same updates, for chunks longer than one run too."""
+    if not (MODELS / "sentiment" / "1").is_dir() or not (MODELS / "sentiment" / "2").is_dir():
+        pytest.skip("needs sentiment versions 1 and 2")
+    chunk_tokens = load_model(MODELS / "sentiment" / "2").manifest.preprocessing.chunk_tokens
+    words = [["it", "is", "so", "ok", "a", "fun", "bad"][i % 7] for i in range(140)]  # in one chunk: three runs
+    chunks = [" ".join(words) + " ", "a dull ", "and lovely film"]
+    labels = {"model": "sentiment", "graph": "chunk"}
+    runs_before = running.sample("seqserve_batch_size_count", **labels)
+    updates = {version: list(client.stream_sentiment(chunks, version=version)) for version in (1, 2)}
+    # Three runs for the long chunk, one for each other chunk, one at the end (for "film").
+    assert running.sample("seqserve_batch_size_count", **labels) - runs_before == -(-140 // chunk_tokens) + 3
+    assert [u.token for u in updates[1]] == [u.token for u in updates[2]] == [*words, "a", "dull", "and", "lovely",
+                                                                            "film"]
+    worst = max(abs(a - b) for one, two in zip(updates[1], updates[2], strict=True)
+                for a, b in zip(one.probabilities, two.probabilities, strict=True))
+    assert worst <= 1e-5
 
 
 def test_cancel_frees_the_slot(running: Running) -> None:
@@ -252,14 +272,16 @@ def test_metrics_page(running: Running, client: Client) -> None:
         assert re.search(rf"^{name}", page, re.MULTILINE), name
     assert running.sample("seqserve_model_info", model="sentiment", version="1", task="sentiment",
                           provider="CPUExecutionProvider") == 1
-    assert running.sample("seqserve_stream_slots", model="sentiment", graph="step") == CONFIG.max_streams
+    slots = running.sample("seqserve_stream_slots", model="sentiment", graph=sentiment_stream_graph())
+    assert slots == CONFIG.max_streams
     assert running.sample("seqserve_queue_depth", model="translation", graph="decoder_step") == 0
     assert 'seqserve_stream_slots{graph="sequence"' not in page  # a stateless graph holds no slots
 
 
 def test_slot_and_queue_gauges_follow_open_streams(running: Running) -> None:
     """Slots in use rise while a stream is open and fall when it ends; steps beyond the queue's room wait in it."""
-    in_use = functools.partial(running.sample, "seqserve_stream_slots_in_use", model="sentiment", graph="step")
+    graph = sentiment_stream_graph()
+    in_use = functools.partial(running.sample, "seqserve_stream_slots_in_use", model="sentiment", graph=graph)
     assert wait_for(lambda: in_use() == 0)
 
     async def hold_one_open() -> None:
@@ -274,8 +296,8 @@ def test_slot_and_queue_gauges_follow_open_streams(running: Running) -> None:
 
     asyncio.run(hold_one_open())
     assert wait_for(lambda: in_use() == 0)
-    scheduler = running.server.models["sentiment"][1].runner.schedulers["step"]
-    depth = functools.partial(running.sample, "seqserve_queue_depth", model="sentiment", graph="step")
+    scheduler = running.server.models["sentiment"][newest("sentiment").version].runner.schedulers[graph]
+    depth = functools.partial(running.sample, "seqserve_queue_depth", model="sentiment", graph=graph)
     scheduler.queue.put_nowait(None)  # read when scraped: a queued item shows at once (removed below)
     try:
         assert depth() == 1

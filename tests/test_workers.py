@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import MODELS, Process, wait_for
+from servers import MODELS, Process, newest, wait_for
 from test_soak import REVIEWS, SOURCES, same, sentiment, translate
 
 from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc, translate_pb2, translate_pb2_grpc
@@ -110,8 +110,9 @@ def test_streams_across_two_workers_equal_solo_runs_and_metrics_add_up() -> None
         assert len(pids) == 2 and server.process.pid not in pids
         assert asyncio.run(health(server.target)) == [health_pb2.HealthCheckResponse.SERVING] * CONNECTIONS
         # Each worker's model_info is 1 and the page shows one; each holds max_streams slots and the page adds them.
-        assert server.sample("seqserve_model_info", model="sentiment") == 1
-        assert server.sample("seqserve_stream_slots", model="sentiment") == 2 * 64
+        version = str(newest("sentiment").version)
+        assert server.sample("seqserve_model_info", model="sentiment", version=version) == 1
+        assert server.sample("seqserve_stream_slots", model="sentiment", version=version) == 2 * 64
         assert asyncio.run(held_session(server)) == (True, 1)
         assert wait_for(server.idle), "the held session's slot was not given back"
         before = server.sample("seqserve_requests_total", code="OK")

@@ -54,6 +54,14 @@ class EarlyStopping:
         return self.bad_epochs >= self.patience
 
 
+def onnx_initializers(path: Path) -> dict[str, np.ndarray]:
+    """The weights stored in an ONNX graph, by name (to read a shipped version back)."""
+    import onnx
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

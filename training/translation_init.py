@@ -17,14 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.common import onnx_initializers
 from training.seq2seq import Seq2Seq, Seq2SeqConfig
-
-
-def _initializers(path: Path) -> dict[str, np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
-    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
 def _gru_biases(onnx_bias: np.ndarray, hidden: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +42,7 @@ def load_version(model_dir: Path) -> tuple[Seq2Seq, Path]:
     if config.attention != "bahdanau":
         raise ValueError(f"{model_dir}: warm start supports bahdanau attention, got {config.attention!r}")
     model = Seq2Seq(config)
-    weights = {**_initializers(model_dir / "encoder.onnx"), **_initializers(model_dir / "decoder_step.onnx")}
+    weights = {**onnx_initializers(model_dir / "encoder.onnx"), **onnx_initializers(model_dir / "decoder_step.onnx")}
     named = {k.removeprefix("model."): v for k, v in weights.items() if k.startswith("model.")}
     hidden, attention_dim = config.hidden, config.attention_dim
     unnamed = [v for k, v in weights.items() if not k.startswith("model.")]

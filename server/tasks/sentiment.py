@@ -3,9 +3,11 @@
 Both read a text's tokens the same way (``contract.words.whole_tokens``, ``IncrementalWords``) up to the
 manifest's ``max_tokens``, so a whole-text classification equals the stream's last update.
 
-A stream steps token by token through the engine's scheduler, whose batches gather the steps of all
-open streams. It sends its updates ``most`` to a message when asked to (``max_tokens_per_message``):
-the write of a message costs several times a step (``bench/RESULTS.md``).
+A stream runs its chunks through the engine's scheduler, whose batches gather the runs of all open
+streams: up to the manifest's ``chunk_tokens`` tokens per run through a ``chunk`` graph (version 2),
+or one token per run through a ``step`` graph (version 1). It sends its updates ``most`` to a
+message when asked to (``max_tokens_per_message``): the write of a message costs several times a
+token's run (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class SentimentTask:
         pre: SentimentPreprocessing = runner.model.manifest.preprocessing
         self.pre = pre
         self.labels = list(pre.labels)
+        self.graph, self.piece = pre.stream_graph, pre.chunk_tokens or 1  # the stream graph, tokens per run
         self.tokenizer = WordTokenizer(runner.model.path / pre.vocabulary, pre.unk_id, pre.lowercase)
 
     async def classify(self, texts: list[str], field: str = "texts") -> list[Classification]:
@@ -84,7 +87,7 @@ class SentimentTask:
     @contextmanager
     def stream(self) -> Iterator[Stream]:
         """A running classification holding one state slot until the block ends."""
-        with self.runner.open("step") as slots:
+        with self.runner.open(self.graph) as slots:
             yield Stream(self, slots)
 
     def per_message(self, requested: int, field: str = "max_tokens_per_message") -> int:
@@ -120,22 +123,27 @@ class Stream:
     def frozen(self) -> tuple[Arrays, dict[str, Any]]:
         """Between chunks: the state slot and where the stream is, for a resume token (``thaw`` takes them)."""
         where = {"position": self.position, "pending": self.words.pending, "skipping": self.words.skipping}
-        return self.task.runner.pools["step"].snapshot(self.slots), where
+        return self.task.runner.pools[self.task.graph].snapshot(self.slots), where
 
     def thaw(self, state: Arrays, position: int, pending: str, skipping: bool) -> None:
-        self.task.runner.pools["step"].restore(self.slots, state)
+        self.task.runner.pools[self.task.graph].restore(self.slots, state)
         self.position, self.words.pending, self.words.skipping = position, pending, skipping
 
     async def _emit(self, tokens: list[str], most: int) -> AsyncIterator[list[TokenUpdate]]:
-        """One step per token; the updates in lists of ``most`` (0: the chunk's all)."""
-        check_tokens("text: the stream", self.position + len(tokens), self.task.pre.max_tokens)
-        updates: list[TokenUpdate] = []
-        for token, token_id in zip(tokens, self.task.tokenizer.ids(tokens), strict=True):
-            out = await self.task.runner.run("step", {"ids": np.array([token_id], dtype=np.int64)}, self.slots)
-            updates.append(TokenUpdate(token, self.position, out["probs"][0].tolist()))
-            self.position += 1
-            if len(updates) == (most or len(tokens)):
-                yield updates
-                updates = []
+        """One run per ``piece`` tokens (the manifest's ``chunk_tokens``, or one); the updates in lists of ``most``
+        (0: the chunk's all)."""
+        task = self.task
+        check_tokens("text: the stream", self.position + len(tokens), task.pre.max_tokens)
+        ids, updates = task.tokenizer.ids(tokens), []
+        for start in range(0, len(tokens), task.piece):
+            piece = ids[start : start + task.piece]
+            inputs = task.pre.stream_inputs(np.array([piece], dtype=np.int64), np.array([len(piece)], dtype=np.int64))
+            probs = (await task.runner.run(task.graph, inputs, self.slots))["probs"].reshape(len(piece), -1)
+            for token, row in zip(tokens[start : start + task.piece], probs.tolist(), strict=True):
+                updates.append(TokenUpdate(token, self.position, row))
+                self.position += 1
+                if len(updates) == (most or len(tokens)):
+                    yield updates
+                    updates = []
         if updates:
             yield updates
