@@ -1,14 +1,15 @@
 """``python -m bench.profile``: where the server's CPU per token goes, sampled with ``py-spy`` under sustained load.
 
-The server runs as in ``python -m bench`` (a subprocess, its defaults); ``N`` closed-loop translation
-clients (``load.closed_loop``) keep it busy while ``py-spy --native`` samples it twice: once for the
-collapsed stacks (``--format raw``, sorted into parts here) and once more, in a second run, for the
-flame graph (SVG). A sample goes to the part of ``PARTS`` whose pattern its innermost frame matches;
-samples of idle threads (blocked in a lock, queue or poll) are left out, and those of threads waiting
-to take the GIL back are counted apart. ``py-spy`` sees only the threads that run Python, so the
-parts are shares of those threads' CPU (``/proc/<pid>/task``, over the sampled window) per token,
-and the native threads (ONNX Runtime's intra-op pool, gRPC core) are one row of their own.
-``--native`` pauses the server for each sample, which costs it some throughput while sampled.
+The server runs as in ``python -m bench`` (a subprocess, its defaults); ``N`` closed-loop clients of
+the task (``load.closed_loop``: ``Translate`` or ``StreamSentiment`` calls) keep it busy while
+``py-spy --native`` samples it twice: once for the collapsed stacks (``--format raw``, sorted into
+parts here) and once more, in a second run, for the flame graph (SVG). A sample goes to the part of
+``PARTS`` whose pattern its innermost frame matches; samples of idle threads (blocked in a lock,
+queue or poll) are left out, and those of threads waiting to take the GIL back are counted apart.
+``py-spy`` sees only the threads that run Python, so the parts are shares of those threads' CPU
+(``/proc/<pid>/task``, over the sampled window) per token, and the native threads (ONNX Runtime's
+intra-op pool, gRPC core) are one row of their own. ``--native`` pauses the server for each sample,
+which costs it some throughput while sampled.
 """
 
 from __future__ import annotations
@@ -32,16 +33,19 @@ from bench.stats import Sustained
 PARTS = [
     ("ONNX Runtime (step and encoder runs, in the generation thread)",
      r"run_with_iobinding|onnxruntime|\brun_parts\b|Session\.run"),
-    ("gathering (schedule: filter, concatenate, bind, prefill)",
-     r"\.(schedule|filter|replace|take|concatenate|bind|prefill|gather) \(server/"),
+    ("gathering (schedule: filter, concatenate, bind, prefill; a scheduler's gather, scatter and split)",
+     r"\.(schedule|filter|replace|take|concatenate|bind|prefill|gather|split|_cut|stack) \(server/|engine\.py"),
     ("pick and update (argmax, Token objects, step metrics)", r"(Generator\.update|\.pick) \(server/"),
-    ("tokenization (source encode, pieces)", r"subword|sentencepiece|\bpiece "),
+    ("tokenization (source encode, pieces, words)", r"subword|sentencepiece|\bpiece |words\.py"),
     ("message building (protobuf, attention lists)",
-     r"TranslateUpdate|TranslateToken|\btolist\b|_pb2|protobuf|_upb|wire\.py|Translate \(server/services"),
+     r"TranslateUpdate|TranslateToken|\btolist\b|_pb2|protobuf|_upb|wire\.py|Translate \(server/services|"
+     r"SentimentService\._send"),
     ("queueing (deliver, chunks, asyncio.Queue)", r"\bdeliver |\.chunks |queues\.py|call_soon_threadsafe"),
     ("interceptor, counters and timers", r"interceptor\.py|prometheus|metrics\.py|Call\.(emitted|stream_opened)"),
     ("gRPC write and read (cygrpc, HTTP/2, sockets)", r"cygrpc|Call\.write|sendmsg|recvmsg"),
     ("event loop (asyncio scheduling, selectors)", r"asyncio|selectors|_run_once"),
+    ("garbage collection", r"gc_collect"),
+    ("task and servicer code (server/tasks, server/services: streams, update objects)", r"server/(tasks|services)/"),
 ]
 OTHER = "other Python"
 IDLE = re.compile(r"PyThread_acquire_lock|epoll_wait|^poll |select_poll|select_epoll|sem_wait|sem_timedwait")
@@ -109,19 +113,24 @@ def table(parts: Counter[str], python_us: float, native_us: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", choices=["translation", "sentiment"], default="translation")
     p.add_argument("--streams", type=int, default=64)
+    p.add_argument("--tokens-per-message", type=int, default=1, help="the calls' max_tokens_per_message")
     p.add_argument("--seconds", type=float, default=20.0, help="each of the two samplings")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--models", type=Path, default=Path("models"))
-    p.add_argument("--svg", type=Path, default=Path("docs/img/profile-64-translation.svg"))
-    p.add_argument("--raw", type=Path, default=Path("bench/results/profile/stacks.txt"))
+    p.add_argument("--svg", type=Path, help="default: docs/img/profile-<streams>-<task>.svg")
+    p.add_argument("--raw", type=Path, help="default: bench/results/profile/stacks-<task>.txt")
     p.add_argument("--server-args", default="", help="more server flags")
     args = p.parse_args(argv)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    model_dir = workloads.newest_version(args.models, "translation")
+    model_dir = workloads.newest_version(args.models, args.task)
     if model_dir is None:
-        raise SystemExit(f"no translation model in {args.models}")
-    workload = workloads.translation(model_dir, 100_000)
+        raise SystemExit(f"no {args.task} model in {args.models}")
+    workload = (workloads.translation if args.task == "translation" else workloads.sentiment)(model_dir, 100_000)
+    calls = load.translate if args.task == "translation" else load.stream_sentiment
+    args.svg = args.svg or Path(f"docs/img/profile-{args.streams}-{args.task}.svg")
+    args.raw = args.raw or Path(f"bench/results/profile/stacks-{args.task}.txt")
     args.svg.parent.mkdir(parents=True, exist_ok=True)
     args.raw.parent.mkdir(parents=True, exist_ok=True)
     closed = Sustained(args.streams, args.seconds, args.warmup)
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         for fmt, out in (("raw", args.raw), ("flamegraph", args.svg)):
             sampler = threading.Thread(target=sample, args=(fmt, out))
             sampler.start()
-            runs.append(load.translate(served, workload, closed=closed))
+            runs.append(calls(served, workload, closed=closed, tokens_per_message=args.tokens_per_message))
             sampler.join()
     if failures:
         raise SystemExit("\n".join(failures))
@@ -151,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     used = {tid: seconds - before.get(tid, 0.0) for tid, seconds in after.items()}
     python_us = sum(s for tid, s in used.items() if tid in python) / run.tokens * 1e6
     native_us = sum(s for tid, s in used.items() if tid not in python) / run.tokens * 1e6
-    print(f"{args.streams} translation streams, {run.tokens_per_s:.0f} tok/s, server "
+    print(f"{args.streams} {args.task} streams ({model_dir}, {args.tokens_per_message} tokens per message at most), "
+          f"{run.tokens_per_s:.0f} tok/s, server "
           f"{run.server_cpu_s / run.tokens * 1e6:.0f} µs CPU/token while sampled (the whole process; "
           f"by thread {python_us + native_us:.0f}); flame graph {args.svg}, stacks {args.raw}\n")
     print(table(classify(collapsed(args.raw)), python_us, native_us))

@@ -26,7 +26,7 @@ from export.onnx_io import export_graph, export_graph_apart, name_output_axes, w
 from training.sentiment import Config, SentimentModel
 from training.sentiment_data import LABELS, PAD, UNK, Vocabulary
 
-CHUNK_TOKENS = 64  # tokens of a stream per run of the chunk graph (the manifest's ``chunk_tokens``)
+CHUNK_TOKENS = 16  # tokens of a stream per run of the chunk graph (the manifest's ``chunk_tokens``; bench/RESULTS.md)
 LOWEST = -3.4e38  # about float32's lowest: the empty maximum (-inf, which JSON cannot hold)
 
 

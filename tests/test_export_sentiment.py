@@ -42,7 +42,7 @@ def export_tiny(tmp_path: Path, cell: str, pool: str) -> tuple[SentimentModel, P
 
 
 def run_chunks(model_dir: Path, streams: list[np.ndarray]) -> list[np.ndarray]:
-    """Every stream through the chunk graph in one batch, 64 tokens per run (the reference runtime's loop)."""
+    """Every stream through the chunk graph in one batch, 16 tokens per run (the reference runtime's loop)."""
     outputs: list[list[np.ndarray]] = [[] for _ in streams]
     for rows, probs in sentiment_steps(load_model(model_dir), [s.tolist() for s in streams]):
         for row, p in zip(rows.tolist(), probs, strict=True):
@@ -58,10 +58,10 @@ def test_chunk_graph_matches_pytorch_for_every_token_length_and_batch_size(expor
     for graph in manifest["graphs"].values():  # dynamic axes survived the export
         assert all(tensor["shape"][0] == "batch" for tensor in graph["inputs"])
         assert graph["inputs"][0]["shape"] == ["batch", "tokens"]
-    assert sorted(manifest["graphs"]) == ["chunk", "sequence"] and manifest["preprocessing"]["chunk_tokens"] == 64
+    assert sorted(manifest["graphs"]) == ["chunk", "sequence"] and manifest["preprocessing"]["chunk_tokens"] == 16
 
     # Rows of different lengths share each run (each stops at its own length), and streams longer than one
-    # run's 64 tokens carry their state, pools and count from run to run.
+    # run's 16 tokens carry their state, pools and count from run to run.
     rng = np.random.default_rng(0)
     streams = [rng.integers(1, VOCAB, size=rng.integers(1, 12)) for _ in range(15)]
     streams += [rng.integers(1, VOCAB, size=size) for size in (64, 150)]
