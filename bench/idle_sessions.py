@@ -42,7 +42,9 @@ import grpc
 import numpy as np
 
 from bench import load
+from bench.workloads import newest_version
 from contract.repository import read_manifest
+from protos.inference import kserve_pb2, kserve_pb2_grpc
 from protos.seqserve.v1 import common_pb2, sentiment_pb2, sentiment_pb2_grpc
 from server.app import Server
 from server.config import Config
@@ -50,6 +52,7 @@ from server.config import Config
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 
+KINDS = {"seqserve": "StreamSentiment sessions", "kserve": "KServe sentiment sequences"}
 METHOD = "/seqserve.v1.Sentiment/StreamSentiment"
 COUNT = "/floor/Open"  # the floor's count of open sessions
 WORD = "idle"  # not complete until more text or the end of the stream: no update comes back
@@ -131,23 +134,44 @@ def floor_serving() -> Iterator[load.Served]:
         process.wait(30)
 
 
+def sequence_request(sequence_id: int, start: bool, end: bool) -> kserve_pb2.ModelInferRequest:
+    """A KServe ``ModelInfer`` request of sentiment sequence ``sequence_id`` whose text is ``WORD``."""
+    contents = kserve_pb2.InferTensorContents(bytes_contents=[WORD.encode()])
+    text = kserve_pb2.ModelInferRequest.InferInputTensor(name="TEXT", datatype="BYTES", shape=[1], contents=contents)
+    request = kserve_pb2.ModelInferRequest(model_name="sentiment", inputs=[text])
+    request.parameters["sequence_id"].int64_param = sequence_id
+    request.parameters["sequence_start"].bool_param = start
+    request.parameters["sequence_end"].bool_param = end
+    return request
+
+
 async def sessions(target: str, metrics_port: int, count: int, connections: int,
-                   measure: Callable[[], Awaitable[T]]) -> tuple[T, T]:
+                   measure: Callable[[], Awaitable[T]], protocol: str = "seqserve") -> tuple[T, T]:
     """Open ``count`` idle sessions (after one per connection opened and closed): ``measure()`` before and with
-    them, once the server says all are open (seqserve: its slots in use; ``metrics_port`` -1: the floor's count)."""
+    them, once the server says all are open (seqserve: its slots in use; ``metrics_port`` -1: the floor's count).
+
+    A session is a ``StreamSentiment`` call whose first chunk has come, or (``protocol`` "kserve") a KServe sequence
+    whose START request (``ModelInfer``) has been answered: no call stays open, the server keeps its state."""
     channels = [grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
                 for _ in range(connections)]
     first = sentiment_pb2.SentimentChunk(model=common_pb2.ModelRef(name="sentiment"), text=WORD)
+    kserve = [kserve_pb2_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
     try:
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 60) for c in channels))
-        for channel in channels:  # what the first call on a connection creates once
-            [_ async for _ in sentiment_pb2_grpc.SentimentStub(channel).StreamSentiment(iter([first]))]
+        for index, channel in enumerate(channels):  # what the first call on a connection creates once
+            if protocol == "kserve":
+                await kserve[index].ModelInfer(sequence_request(count + 1 + index, True, True))
+            else:
+                [_ async for _ in sentiment_pb2_grpc.SentimentStub(channel).StreamSentiment(iter([first]))]
         if metrics_port >= 0:
             await wait_for_slots(metrics_port, 0)
         await asyncio.sleep(1.0)  # let the server settle
         before = await measure()
         calls = []
         for index in range(count):
+            if protocol == "kserve":
+                await kserve[index % connections].ModelInfer(sequence_request(index + 1, True, False))
+                continue
             call = sentiment_pb2_grpc.SentimentStub(channels[index % connections]).StreamSentiment()
             await call.write(first)
             calls.append(call)
@@ -159,6 +183,8 @@ async def sessions(target: str, metrics_port: int, count: int, connections: int,
         await asyncio.sleep(1.0)
         during = await measure()
         await asyncio.gather(*(close(call) for call in calls))
+        for index in range(count if protocol == "kserve" else 0):
+            await kserve[index % connections].ModelInfer(sequence_request(index + 1, False, True))
         return before, during
     finally:
         await asyncio.gather(*(c.close() for c in channels))
@@ -166,9 +192,9 @@ async def sessions(target: str, metrics_port: int, count: int, connections: int,
 
 def rss(args: argparse.Namespace) -> None:
     """The RSS measurement (module docstring), of seqserve and, with ``--floor``, of the floor, alternated."""
-    state = state_bytes(args.models / "sentiment" / "1")
-    extra = ["--max-streams", str(args.sessions), "--idle-timeout-s", "600"]
-    print(f"{args.sessions} idle StreamSentiment sessions over {args.connections} connections; state "
+    state = state_bytes(newest_version(args.models, "sentiment"))
+    extra = ["--max-streams", str(args.sessions), "--idle-timeout-s", "600", "--sequence-idle-timeout-s", "600"]
+    print(f"{args.sessions} idle {KINDS[args.protocol]} over {args.connections} connections; state "
           f"{state} bytes per session")
     systems = {"seqserve": (lambda: load.serving(args.models, 256, extra), state)}
     if args.floor:
@@ -181,7 +207,7 @@ def rss(args: argparse.Namespace) -> None:
                     return rss_bytes(pid)
 
                 before, during = asyncio.run(sessions(served.target, served.metrics_port, args.sessions,
-                                                      args.connections, measure))
+                                                      args.connections, measure, args.protocol))
             per = (during - before - args.sessions * held) / args.sessions
             figures[name].append(per)
             print(f"repeat {repeat + 1} {name}: RSS {before / 2**20:.1f} -> {during / 2**20:.1f} MiB "
@@ -214,7 +240,7 @@ def traced(args: argparse.Namespace) -> None:
     the line of the server that allocated them."""
     tracemalloc.start(30)
     config = Config(models=str(args.models), port=0, metrics_port=0, max_streams=args.sessions,
-                    idle_timeout_s=600, log_level="WARNING")
+                    idle_timeout_s=600, sequence_idle_timeout_s=600, log_level="WARNING")
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     async def start() -> Server:  # gRPC's server belongs to the loop it is made on
@@ -225,7 +251,8 @@ def traced(args: argparse.Namespace) -> None:
     server = asyncio.run_coroutine_threadsafe(start(), loop).result(120)
     client = subprocess.Popen([sys.executable, "-m", "bench.idle_sessions", "--client", f"127.0.0.1:{server.port}",
                                str(server.metrics_port), "--sessions", str(args.sessions), "--connections",
-                               str(args.connections)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                               str(args.connections), "--protocol", args.protocol],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     snapshots = []
     for _ in range(2):
         if client.stdout.readline().strip() != "measure":
@@ -242,7 +269,7 @@ def traced(args: argparse.Namespace) -> None:
         totals[0] += diff.size_diff
         totals[1] += diff.count_diff
     n = args.sessions
-    print(f"{n} idle StreamSentiment sessions: {sum(t[0] for t in owners.values()) / n:.0f} bytes of Python objects "
+    print(f"{n} idle {KINDS[args.protocol]}: {sum(t[0] for t in owners.values()) / n:.0f} bytes of Python objects "
           "per session (tracemalloc), by where they were allocated:")
     for name, (size, count) in sorted(owners.items(), key=lambda item: -item[1][0])[: args.top]:
         print(f"{size / n:8.0f} B {count / n:6.2f} objects  {name}")
@@ -254,6 +281,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=10, help="HTTP/2 connections the sessions share")
     parser.add_argument("--repeats", type=int, default=3, help="server processes, one measurement each")
+    parser.add_argument("--protocol", choices=sorted(KINDS), default="seqserve",
+                        help="seqserve: open StreamSentiment calls; kserve: KServe sequences (no open call)")
     parser.add_argument("--floor", action="store_true", help="also measure gRPC's own share (see above)")
     parser.add_argument("--tracemalloc", action="store_true", help="Python objects per session by where the "
                         "server allocated them, instead of RSS")
@@ -264,7 +293,8 @@ def main() -> None:
     if args.serve_floor:
         asyncio.run(floor(args.serve_floor))
     elif args.client:
-        asyncio.run(sessions(args.client[0], int(args.client[1]), args.sessions, args.connections, handshake))
+        asyncio.run(sessions(args.client[0], int(args.client[1]), args.sessions, args.connections, handshake,
+                             args.protocol))
     elif args.tracemalloc:
         traced(args)
     else:

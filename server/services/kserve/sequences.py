@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from server.errors import InputError
@@ -36,18 +36,22 @@ def describe(key: Key) -> str:
     return f"sequence {sequence_id} to model {name!r}"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sequence:
+    """An open sequence. An idle one holds only what it needs, its state slots among them: no finished request's
+    event, no exit stack (``bench/idle_sessions.py --protocol kserve``)."""
+
     key: Key
     owner: object | None  # the stream that started it (None: ModelInfer)
     labels: dict[str, str]  # model, method (the one that started it), protocol
     target: Any = None  # what serves it (the model version and its endpoint): hot reload leaves it there
-    stack: ExitStack | None = field(default_factory=ExitStack)  # the adapter's stream (state slots); None: closed
+    context: AbstractContextManager[Any] | None = None  # the adapter's stream (state slots), entered
     state: Any = None
     opened: bool = False  # the START request opened the adapter's stream
+    closed: bool = False  # the adapter's stream was exited
     ended: str | None = None  # why it ended
     pending: int = 0  # admitted requests that have not finished
-    last: asyncio.Event | None = None  # set when the request admitted last has finished
+    last: asyncio.Event | None = None  # set when the request admitted last has finished; None: none is running
     timer: asyncio.TimerHandle | None = None
 
 
@@ -111,8 +115,9 @@ class Sequences:
                                  "sequence_start")
             first = not sequence.opened
             if first:
-                sequence.state = sequence.stack.enter_context(opener())
-                sequence.opened = True
+                context = opener()
+                sequence.state = context.__enter__()
+                sequence.context, sequence.opened = context, True
                 self.metrics.active_streams.labels(**sequence.labels).inc()
             result = await step(sequence.state, first)
             outcome = "ok"
@@ -124,8 +129,7 @@ class Sequences:
             outcome = "cancelled"
             raise
         finally:
-            sequence.pending -= 1
-            turn.done.set()
+            self._finished(turn)
             if outcome != "ok":
                 self.end(sequence, outcome)
             elif turn.end or sequence.ended:
@@ -136,9 +140,16 @@ class Sequences:
     def abandon(self, turn: Turn) -> None:
         """A request that was admitted but never ran (its stream went away first): it ends its sequence."""
         if not turn.done.is_set():
-            turn.sequence.pending -= 1
-            turn.done.set()
+            self._finished(turn)
             self.end(turn.sequence, "cancelled")
+
+    @staticmethod
+    def _finished(turn: Turn) -> None:
+        """``turn`` has finished: the next request need not wait, and once none is running, none waits at all."""
+        turn.sequence.pending -= 1
+        turn.done.set()
+        if turn.sequence.pending == 0:
+            turn.sequence.last = None
 
     def _expire(self, sequence: Sequence) -> None:
         if sequence.pending == 0 and not sequence.ended:
@@ -154,10 +165,12 @@ class Sequences:
                 del self.open[sequence.key]
             if sequence.timer is not None:
                 sequence.timer.cancel()
-        if sequence.pending or sequence.stack is None:
+        if sequence.pending or sequence.closed:
             return
-        sequence.stack.close()
-        sequence.stack = None
+        sequence.closed = True
+        if sequence.context is not None:
+            context, sequence.context = sequence.context, None
+            context.__exit__(None, None, None)
         if sequence.opened:
             self.metrics.active_streams.labels(**sequence.labels).dec()
             self.metrics.sessions_ended.labels(**sequence.labels, reason=sequence.ended).inc()
