@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import re
 import signal
@@ -57,7 +58,10 @@ class Served:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def step_totals(self, graph: str) -> tuple[float, float, float]:
-        """Steps run, rows stepped and seconds spent in ``graph``'s batched steps so far."""
+        """Steps run, rows stepped and seconds spent in ``graph``'s batched steps so far (zeros for a server
+        without metrics, ``metrics_port`` -1)."""
+        if self.metrics_port < 0:
+            return 0.0, 0.0, 0.0
         page = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
 
         def total(metric: str) -> float:
@@ -212,7 +216,8 @@ def closed_loop(served: Served, workload: Workload, one, sustained: Sustained) -
             for outcome in await asyncio.gather(*tasks, return_exceptions=True):
                 if not isinstance(outcome, asyncio.CancelledError):
                     raise RuntimeError(f"a closed-loop client failed: {outcome!r}")
-            return windowed(requests, start, end, cpu, server_cpu, rows / steps, busy / steps)
+            return windowed(requests, start, end, cpu, server_cpu, rows / steps if steps else math.nan,
+                            busy / steps if steps else math.nan)
         finally:
             await asyncio.gather(*(c.close() for c in channels))
 
