@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import statistics
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -38,36 +34,6 @@ async def session(requests: AsyncIterator[bytes], _: grpc.aio.ServicerContext) -
         yield REPLY
 
 
-async def floor(port: int) -> None:
-    server = grpc.aio.server()
-    service, method = METHOD.split("/")[1:]
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
-        service, {method: grpc.stream_stream_rpc_method_handler(session)})])
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0)
-
-
-@contextmanager
-def floor_serving() -> Iterator[load.Served]:
-    port = load.free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.call_floor", "--serve", str(port)])
-    try:
-        asyncio.run(_ready(f"127.0.0.1:{port}"))
-        yield load.Served(f"127.0.0.1:{port}", process.pid, -1, Path(__file__))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-
-
-async def _ready(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 60)
-
-
 def per_call_us(run: Run) -> float:
     return run.server_cpu_s / run.requests * 1e6
 
@@ -82,13 +48,13 @@ def main() -> None:
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(floor(args.serve))
+        asyncio.run(load.serve_bare(args.serve, {METHOD: grpc.stream_stream_rpc_method_handler(session)}))
         return
     model_dir = workloads.newest_version(args.models, "sentiment")
     workload = workloads.sentiment(model_dir, 100_000)
     closed = Sustained(args.streams, args.duration, args.warmup)
     runs: dict[str, list[Run]] = {"seqserve": [], "grpc floor": []}
-    with load.serving(args.models, 256) as served, floor_serving() as bare:
+    with load.serving(args.models, 256) as served, load.bare_serving("bench.call_floor", "--serve") as bare:
         systems = {"seqserve": served, "grpc floor": bare}
         print(f"{args.streams} closed-loop StreamSentiment clients, one snippet per call ({model_dir}), "
               f"{args.duration:g} s after {args.warmup:g} s, {args.repeats} rounds", flush=True)

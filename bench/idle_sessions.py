@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import gc
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,8 +32,7 @@ import threading
 import time
 import tracemalloc
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -109,29 +107,9 @@ class Floor:
 
 
 async def floor(port: int) -> None:
-    server, floor = grpc.aio.server(), Floor()
-    service, method = METHOD.split("/")[1:]
-    server.add_generic_rpc_handlers([
-        grpc.method_handlers_generic_handler(service, {method: grpc.stream_stream_rpc_method_handler(floor.session)}),
-        grpc.method_handlers_generic_handler(COUNT.split("/")[1], {
-            COUNT.split("/")[2]: grpc.unary_unary_rpc_method_handler(floor.count)})])
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0)
-
-
-@contextmanager
-def floor_serving() -> Iterator[load.Served]:
-    port = load.free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.idle_sessions", "--serve-floor", str(port)])
-    try:
-        yield load.Served(f"127.0.0.1:{port}", process.pid, -1, Path(__file__))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+    floor = Floor()
+    await load.serve_bare(port, {METHOD: grpc.stream_stream_rpc_method_handler(floor.session),
+                                 COUNT: grpc.unary_unary_rpc_method_handler(floor.count)})
 
 
 def sequence_request(sequence_id: int, start: bool, end: bool) -> kserve_pb2.ModelInferRequest:
@@ -198,7 +176,7 @@ def rss(args: argparse.Namespace) -> None:
           f"{state} bytes per session")
     systems = {"seqserve": (lambda: load.serving(args.models, 256, extra), state)}
     if args.floor:
-        systems["grpc floor"] = (floor_serving, 0)
+        systems["grpc floor"] = (lambda: load.bare_serving("bench.idle_sessions", "--serve-floor"), 0)
     figures: dict[str, list[float]] = {name: [] for name in systems}
     for repeat in range(args.repeats):
         for name, (serving, held) in systems.items():  # alternated: both see the same machine

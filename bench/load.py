@@ -75,6 +75,41 @@ class Served:
         )
 
 
+async def serve_bare(port: int, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    """A bare ``grpc.aio`` server on ``port`` (a floor to measure seqserve against): ``handlers`` by full method
+    name, ``/service/method``, and nothing else, until SIGTERM."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([
+        grpc.method_handlers_generic_handler(name.split("/")[1], {name.split("/")[2]: handler})
+        for name, handler in handlers.items()])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+
+@contextmanager
+def bare_serving(module: str, flag: str) -> Iterator[Served]:
+    """``python -m <module> <flag> <port>``, a ``serve_bare`` server, on a free port until the block ends, once it
+    accepts connections; it has no metrics (``metrics_port`` -1)."""
+    port = free_port()
+    target = f"127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", module, flag, str(port)])
+
+    async def ready() -> None:
+        async with grpc.aio.insecure_channel(target) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 60)
+
+    try:
+        asyncio.run(ready())
+        yield Served(target, process.pid, -1, ROOT / (module.replace(".", "/") + ".py"))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -85,9 +85,11 @@ def test_torch_without_a_checkpoint_decodes_as_many_tokens_as_the_shipped_graphs
 
 def test_sentiment_closed_loops_emit_one_update_per_token(data_dir: Path, loops: list[baselines.ClosedLoop],
                                                           tmp_path: Path) -> None:
-    workload = workloads.sentiment(ROOT / "models" / "sentiment" / "1", 200)
-    assert baselines.ort_sentiment_closed(workload, SHORT).tokens > 0
-    _check_counts(loops[-1], workload.ids)
+    for version in ("1", "2"):  # a step graph, one token per run; a chunk graph, 16 (a 22-token text: 2 runs)
+        workload = workloads.sentiment(ROOT / "models" / "sentiment" / version, 200)
+        assert baselines.ort_sentiment_closed(workload, SHORT).tokens > 0
+        _check_counts(loops[-1], workload.ids)
+        assert sum(map(len, workload.ids)) == sum(len(r) for r in baselines.ort_sentiment(workload).arrivals)
     short = [ids for ids in workload.ids if len(ids) <= 6]
     workload = replace(workload, texts=["-"] * len(short), ids=short)
     assert baselines.torch_sentiment(workload, tmp_path / "absent.pt", NAIVE).tokens > 0
