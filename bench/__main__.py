@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens-per-message", type=int, default=1,
                    help="sustained mode: the servers' streams ask for up to this many tokens per message "
                    "(max_tokens_per_message; a server that does not know the field sends one)")
+    p.add_argument("--fill-messages", action="store_true",
+                   help="sustained mode, translation: the streams ask the server to hold tokens back until a message "
+                   "has --tokens-per-message of them (fill_messages; a server that does not know it does not)")
     p.add_argument("--label", help="results go to bench/results/LABEL/ (default: date-time-host)")
     p.add_argument("--json", type=Path, help="the results file (default: bench/results/LABEL/results.json); "
                    "the printed output goes beside it with the suffix .log")
@@ -165,10 +168,10 @@ def sustained_systems(task: str, args: argparse.Namespace, served: dict[str, loa
     comparing two commits, (c)."""
     mode = Sustained(n, args.duration, args.warmup)
     streams, _, _, checkpoint = _systems(task, args, workload)
-    per_message = args.tokens_per_message
-    systems: dict[str, Runner] = {name: partial(lambda s, w: streams(s, w, closed=mode, tokens_per_message=per_message),
-                                                s)
-                                  for name, s in served.items()}
+    options = {"closed": mode, "tokens_per_message": args.tokens_per_message}
+    if task == "translation":
+        options["fill"] = args.fill_messages
+    systems: dict[str, Runner] = {name: partial(lambda s, w: streams(s, w, **options), s) for name, s in served.items()}
     ort = baselines.ort_translation_closed if task == "translation" else baselines.ort_sentiment_closed
     systems["(a) ort"] = partial(ort, sustained=mode)
     if args.compare_ref is None:

@@ -259,13 +259,15 @@ def closed_loop(served: Served, workload: Workload, one, sustained: Sustained) -
     return asyncio.run(run())
 
 
-def translate(served: Served, workload: Workload, tokens_per_message: int = 1, closed: Sustained | None = None) -> Run:
-    """Greedy ``Translate`` streams with ``max_tokens_per_message``: one token per message by default.
+def translate(served: Served, workload: Workload, tokens_per_message: int = 1, closed: Sustained | None = None,
+              fill: bool = False) -> Run:
+    """Greedy ``Translate`` streams with ``max_tokens_per_message`` (and ``fill_messages``): one token per message by
+    default.
 
     A message's tokens all count as arriving with it. ``closed``: the sustained mode (``closed_loop``).
     """
     ref = model_ref(workload)
-    options = translate_pb2.DecodeOptions(max_tokens_per_message=tokens_per_message)
+    options = translate_pb2.DecodeOptions(max_tokens_per_message=tokens_per_message, fill_messages=fill)
 
     async def one(channel: grpc.aio.Channel, index: int, started: float, arrivals: list[float]) -> None:
         stub = translate_pb2_grpc.TranslationStub(channel)

@@ -124,14 +124,16 @@ class Client:
         return resume.observe(self.forecaster.Observe, observations, self.timeout, self.retry)
 
     def translate(self, text: str, beam: int = 1, max_length: int = 0, length_penalty: float = 0.0,
-                  max_tokens_per_message: int = 1, model: str = "translation", version: int = 0, resume_every: int = 0
-                  ) -> Iterator[translate_pb2.TranslateUpdate]:
-        """Updates of one or more tokens each (``max_tokens_per_message``); the first names the source pieces. A
-        greedy translation asks for a resume token every ``resume_every`` tokens (0: only the server's own)."""
+                  max_tokens_per_message: int = 1, model: str = "translation", version: int = 0, resume_every: int = 0,
+                  fill_messages: bool = False) -> Iterator[translate_pb2.TranslateUpdate]:
+        """Updates of one or more tokens each (``max_tokens_per_message``; held back to fill them with
+        ``fill_messages``); the first names the source pieces. A greedy translation asks for a resume token every
+        ``resume_every`` tokens (0: only the server's own)."""
         request = translate_pb2.TranslateRequest(
             model=common_pb2.ModelRef(name=model, version=version), text=text, resume_every=resume_every,
             options=translate_pb2.DecodeOptions(beam=beam, max_length=max_length, length_penalty=length_penalty,
-                                                max_tokens_per_message=max_tokens_per_message))
+                                                max_tokens_per_message=max_tokens_per_message,
+                                                fill_messages=fill_messages))
         return resume.translate(self.translation.Translate, request, self.timeout, self.retry)
 
     def translate_tokens(self, text: str, **options: Any) -> Iterator[translate_pb2.TranslateToken]:

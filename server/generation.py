@@ -55,28 +55,27 @@ class Sequence:
     inputs: Arrays  # the first step's plain inputs, one row
     limit: int  # steps at most
     lease: Lease  # its stream slot, given back as soon as its last result is out (its client may read it later)
-    results: asyncio.Queue = field(default_factory=asyncio.Queue)
+    results: asyncio.Queue = field(default_factory=asyncio.Queue)  # lists of results (the last: END or an error)
     opened: float = field(default_factory=time.perf_counter)
     closed: bool = False  # the stream went away: the loop drops the row before its next step
+    held: list[Any] = field(default_factory=list)  # results delivered, not yet handed to the stream
+    hold: int = 1  # results handed to the stream at once (after the first): one wake-up for that many
+    flushed: bool = False  # the first result was handed over
 
-    async def chunks(self, most: int) -> AsyncIterator[list[Any]]:
-        """The results in order, up to ``most`` per list: whatever has arrived, never held back to fill one."""
+    async def chunks(self, most: int, fill: bool = False) -> AsyncIterator[list[Any]]:
+        """The results in order, up to ``most`` per list: whatever has arrived, or with ``fill`` (after the
+        first result) ``most`` at a time, held back until there are that many or the sequence has ended."""
+        self.hold = most if fill else 1
         while True:
-            chunk, ended = [], False
-            item = await self.results.get()
-            while True:
-                if isinstance(item, Exception):
-                    raise item
-                if item is END:
-                    ended = True
-                    break
-                chunk.append(item)
-                if len(chunk) >= most or self.results.empty():
-                    break
-                item = self.results.get_nowait()
-            if chunk:
-                yield chunk
-            if ended:
+            items = await self.results.get()
+            while not self.results.empty() and not ended(items):
+                items += self.results.get_nowait()
+            last = items.pop() if ended(items) else None
+            for start in range(0, len(items), most):
+                yield items[start : start + most]
+            if isinstance(last, Exception):
+                raise last
+            if last is END:
                 return
 
 
@@ -287,11 +286,21 @@ class Generator:
         self.loop.call_soon_threadsafe(deliver, [(s, error) for s in sequences])
 
 
+def ended(items: list[Any]) -> bool:
+    """The list ends with a sequence's last result: its end or an error."""
+    return bool(items) and (items[-1] is END or isinstance(items[-1], Exception))
+
+
 def deliver(items: list[tuple[Sequence, Any]]) -> None:
-    """On the event loop: each result into its sequence's queue, unless its stream is gone. A sequence's last
+    """On the event loop: each result to its sequence, unless its stream is gone, in lists of the sequence's
+    ``hold`` (the first result, and the last, at once), so that its stream wakes once per list. A sequence's last
     result (its end or an error) gives its slot back: what is left to send is the stream's business."""
     for sequence, item in items:
-        if item is END or isinstance(item, Exception):
+        last = item is END or isinstance(item, Exception)
+        if last:
             sequence.lease.release()
         if not sequence.closed:
-            sequence.results.put_nowait(item)
+            sequence.held.append(item)
+            if last or len(sequence.held) >= sequence.hold or not sequence.flushed:
+                sequence.results.put_nowait(sequence.held)
+                sequence.held, sequence.flushed = [], True

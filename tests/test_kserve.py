@@ -370,8 +370,8 @@ def test_generic_stateful_model_equals_its_graph_in_a_loop(triton_client: triton
 
 def test_decoupled_translation_equals_translate(triton_client: triton.InferenceServerClient,
                                                 seqserve: Client) -> None:
-    """One response per token, then an empty final one; ids echoed; max_tokens_per_message packs tokens; a bad
-    request's error arrives in error_message and the stream goes on serving."""
+    """One response per token, then an empty final one; ids echoed; max_tokens_per_message packs tokens, and
+    fill_messages fills them; a bad request's error arrives in error_message and the stream goes on serving."""
     expected = [(t.token_id, t.piece) for t in seqserve.translate_tokens(TEXT)]
     stream = Stream(triton_client)
     triton_client.async_stream_infer("translation", [text_input(TEXT)], request_id="t-1")
@@ -392,9 +392,17 @@ def test_decoupled_translation_equals_translate(triton_client: triton.InferenceS
     packed = []
     while not packed or not final(packed[-1]):
         packed.append(stream.result())
-    triton_client.stop_stream()
     assert [int(i) for r in packed[:-1] for i in r.as_numpy("TOKEN_IDS")] == [i for i, _ in expected]
     assert all(1 <= len(r.as_numpy("TOKEN_IDS")) <= 4 for r in packed[:-1])
+    triton_client.async_stream_infer("translation", [text_input(TEXT)], request_id="t-3",
+                                     parameters={"max_tokens_per_message": 4, "fill_messages": True})
+    filled = []
+    while not filled or not final(filled[-1]):
+        filled.append(stream.result())
+    triton_client.stop_stream()
+    counts = [len(r.as_numpy("TOKEN_IDS")) for r in filled[:-1]]
+    assert [int(i) for r in filled[:-1] for i in r.as_numpy("TOKEN_IDS")] == [i for i, _ in expected]
+    assert counts[0] == 1 and all(c == 4 for c in counts[1:-1]) and 1 <= counts[-1] <= 4
 
 
 def test_cancelling_a_stream_frees_every_slot_of_it(triton_client: triton.InferenceServerClient,

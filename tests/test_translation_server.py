@@ -46,6 +46,23 @@ def test_a_paragraph_is_translated_sentence_by_sentence_in_order(client: Client)
     assert text.split("\n")[0].endswith(batch.translations[1].text)
 
 
+def test_filled_messages_carry_the_same_tokens_fuller(client: Client) -> None:
+    """``fill_messages``: the first token alone, then ``max_tokens_per_message`` to a message until each sentence's
+    last ones (a sentence's end sends what is held); the same tokens and text as without it."""
+    sentence = "Select the cells that you want to copy to another sheet of the document."
+    plain = list(client.translate(sentence, max_tokens_per_message=4))
+    filled = list(client.translate(sentence, max_tokens_per_message=4, fill_messages=True))
+    tokens = [t.token_id for u in filled for t in u.tokens]
+    assert tokens == [t.token_id for u in plain for t in u.tokens] and len(tokens) > 9
+    counts = [len(u.tokens) for u in filled]
+    assert counts[0] == 1 and counts[-1] == 0  # the first token at once; the closing update has the text
+    assert all(c == 4 for c in counts[1:-2]) and 1 <= counts[-2] <= 4
+    assert filled[-1].text == plain[-1].text
+    # Several sentences, each decoded in its own row: the same tokens in order.
+    assert [t.token_id for u in client.translate(PARAGRAPH, max_tokens_per_message=4, fill_messages=True)
+            for t in u.tokens] == [t.token_id for u in client.translate(PARAGRAPH) for t in u.tokens]
+
+
 def test_an_800_word_text_is_not_cut(client: Client, data_dir: Path) -> None:
     """About 800 words of real help sentences: every sentence is translated (no cut at 120 source pieces)."""
     from training.translation_data import read_tsv

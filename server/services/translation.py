@@ -17,7 +17,7 @@ from server.tasks.translation import Decoding, TranslationTask
 
 def decoding(task: TranslationTask, options: pb.DecodeOptions) -> Decoding:
     return task.decoding(options.beam, options.max_length, options.length_penalty, options.max_tokens_per_message,
-                         prefix="options.")
+                         prefix="options.", fill=options.fill_messages)
 
 
 class TranslationService(translate_pb2_grpc.TranslationServicer):

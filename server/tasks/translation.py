@@ -18,7 +18,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import aclosing, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -44,13 +44,14 @@ class Token:
 
 @dataclass(frozen=True)
 class Decoding:
-    """How to decode one request: beam width (1 = greedy), the output cap, the length penalty and the most tokens
-    a streamed update may carry."""
+    """How to decode one request: beam width (1 = greedy), the output cap, the length penalty, the most tokens
+    a streamed update may carry and whether greedy tokens are held back to fill it (``fill_messages``)."""
 
     beam: int
     max_length: int
     length_penalty: float
     per_update: int
+    fill: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ class TranslationTask:
         self.generator = Generator(runner.graphs[STEP], sources, ["log_probs", "attention"], self.pick)
         self.workers = (self.generator,)
 
-    def decoding(self, beam: int, max_length: int, length_penalty: float, per_update: int, prefix: str = ""
-                 ) -> Decoding:
+    def decoding(self, beam: int, max_length: int, length_penalty: float, per_update: int, prefix: str = "",
+                 fill: bool = False) -> Decoding:
         """The request's decoding options; unset (0) means the model's own. ``prefix`` names the fields."""
         check_count(f"{prefix}beam", beam or 1, 1, self.config.max_beam)
         check_count(f"{prefix}max_length", max_length or 1, 1, self.config.max_decode_len)
@@ -108,7 +109,7 @@ class TranslationTask:
         if not math.isfinite(penalty) or penalty < 0:
             raise InputError(f"{prefix}length_penalty is {penalty}: it must be finite and not negative")
         return Decoding(beam or 1, max_length or min(self.pre.max_length, self.config.max_decode_len), penalty,
-                        per_update or 1)
+                        per_update or 1, fill)
 
     @contextmanager
     def stream(self, text: str, decoding: Decoding, field: str = "text") -> Iterator[Paragraph]:
@@ -177,7 +178,7 @@ class TranslationTask:
                               "src_lengths": np.array([len(ids)], dtype=np.int64)}}
         limit = self.pre.output_length.limit(len(ids), decoding.max_length)
         if decoding.beam == 1:
-            return self._greedy(inputs, limit, most, lease)
+            return self._greedy(inputs, limit, most, lease, decoding.fill)
         return self._at_the_end(self._beam(inputs, limit, decoding.beam, decoding.length_penalty, lease), most)
 
     async def _in_order(self, paragraph: Paragraph, streams: list[AsyncIterator[list[Token]]]
@@ -268,7 +269,7 @@ class TranslationTask:
         return await gather_all(self._translate(paragraph, decoding) for paragraph in paragraphs)
 
     async def _translate(self, paragraph: Paragraph, decoding: Decoding) -> Translated:
-        _, chunks = self.decode(paragraph, decoding, self.config.max_decode_len)
+        _, chunks = self.decode(paragraph, replace(decoding, fill=True), self.config.max_decode_len)
         tokens = [t async for chunk in chunks for t in chunk]
         return Translated(paragraph.text(), [t.token_id for t in tokens], sum(t.log_prob for t in tokens))
 
@@ -284,11 +285,11 @@ class TranslationTask:
                                                               done.tolist(), strict=True)]
         return {"prev_tokens": tokens.astype(np.int64)}, results, done
 
-    async def _greedy(self, inputs: dict[str, Arrays], limit: int, most: int, lease: Lease
+    async def _greedy(self, inputs: dict[str, Arrays], limit: int, most: int, lease: Lease, fill: bool
                       ) -> AsyncIterator[list[Token]]:
         start = {"prev_tokens": np.array([self.pre.bos_id], dtype=np.int64)}
         with self.generator.open(inputs, start, limit, lease) as sequence:
-            async for tokens in sequence.chunks(most):
+            async for tokens in sequence.chunks(most, fill):
                 yield tokens
 
     async def _beam(self, inputs: dict[str, Arrays], limit: int, width: int, penalty: float, lease: Lease

@@ -29,6 +29,7 @@ from server.services.kserve.tensors import (
     FROM_MANIFEST,
     Params,
     TensorSpec,
+    flag,
     integer,
     numbers,
     objects,
@@ -203,7 +204,7 @@ class TranslationEndpoint(Endpoint):
     def _request(self, inputs: Arrays, params: Params) -> tuple[str, Decoding]:
         decoding = self.task.decoding(integer(params, "beam", 0), integer(params, "max_length", 0),
                                       real(params, "length_penalty", 0.0), integer(params, "max_tokens_per_message", 0),
-                                      prefix="parameters.")
+                                      prefix="parameters.", fill=flag(params, "fill_messages"))
         return self.one_text(inputs, "TEXT"), decoding
 
     async def infer(self, inputs: Arrays, params: Params) -> Arrays:
