@@ -75,11 +75,11 @@ def ort_sentiment(workload: Workload) -> Run:
     arrivals: list[list[float]] = [[] for _ in workload.ids]
     cpu, started = time.process_time(), time.perf_counter()
     runs = rows_run = 0
-    for rows, probs in sentiment_steps(model, workload.ids):
+    for rows, _, counts in sentiment_steps(model, workload.ids):
         now = time.perf_counter() - started
         runs, rows_run = runs + 1, rows_run + len(rows)
-        for row in rows.tolist():
-            arrivals[row].extend([now] * min(probs.shape[1], len(workload.ids[row]) - len(arrivals[row])))
+        for row, count in zip(rows.tolist(), counts.tolist(), strict=True):
+            arrivals[row].extend([now] * count)
     seconds = time.perf_counter() - started
     return Run(arrivals, seconds, time.process_time() - cpu, batch=rows_run / runs, step_s=seconds / runs)
 

@@ -3,7 +3,7 @@
 Written once on ``contract/`` and used by the check of the shipped models (``python -m evaluate``),
 the bench's in-process baseline (a) and the tests, as the reference the server must equal:
 
-- sentiment: ``sentiment_probs`` (the ``sequence`` graph), ``sentiment_steps``/``sentiment_running`` (``step``);
+- sentiment: ``sentiment_probs`` (the ``sequence`` graph), ``sentiment_steps``/``sentiment_running`` (the stream graph);
 - forecast: ``forecast_quantiles`` (the rollout that feeds the median back);
 - translation: ``translation_sources``, ``greedy_steps``/``translation_greedy`` (batched greedy decoding,
   state on the session's device) and ``translation_beam`` (numpy beam search).

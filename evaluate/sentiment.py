@@ -50,11 +50,11 @@ def sentiment_probs(model: Model, texts: list[str], first: int | None = None) ->
     return probs
 
 
-def sentiment_steps(model: Model, ids: list[list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def sentiment_steps(model: Model, ids: list[list[int]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The stream graph (``chunk``, or version 1's ``step``) over every stream at once, ``chunk_tokens`` tokens (one)
     per stream per run; a stream leaves the batch after its last token. Yields the rows (indices into ``ids``) of
-    each run and their probabilities ``[rows, tokens, labels]``, right-padded: row ``i``'s first
-    ``min(chunk_tokens, tokens left)`` are its own."""
+    each run, their probabilities ``[rows, tokens, labels]``, right-padded, and how many of each row's are its
+    own (``min(chunk_tokens, tokens left)``)."""
     if not ids:
         return
     pre = preprocessing(model)
@@ -77,7 +77,7 @@ def sentiment_steps(model: Model, ids: list[list[int]]) -> Iterator[tuple[np.nda
         feed = pre.stream_inputs(tokens[rows, start : start + int(piece.max())], piece)
         out = dict(zip(names, session.run(names, {**feed, **state}), strict=True))
         state = {s.input: out[s.output] for s in specs}
-        yield rows, out["probs"].reshape(len(rows), -1, len(pre.labels))
+        yield rows, out["probs"].reshape(len(rows), -1, len(pre.labels)), piece
 
 
 def sentiment_running(model: Model, texts: list[str]) -> list[np.ndarray]:
@@ -85,7 +85,7 @@ def sentiment_running(model: Model, texts: list[str]) -> list[np.ndarray]:
     ids = sentiment_ids(model, texts)
     labels = len(preprocessing(model).labels)
     running: list[list[np.ndarray]] = [[] for _ in ids]
-    for rows, probs in sentiment_steps(model, ids):
-        for row, p in zip(rows.tolist(), probs, strict=True):
-            running[row].extend(p[: len(ids[row]) - len(running[row])])
+    for rows, probs, counts in sentiment_steps(model, ids):
+        for row, p, count in zip(rows.tolist(), probs, counts.tolist(), strict=True):
+            running[row].extend(p[:count])
     return [np.array(r, dtype=np.float32).reshape(-1, labels) for r in running]

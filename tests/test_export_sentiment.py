@@ -44,9 +44,9 @@ def export_tiny(tmp_path: Path, cell: str, pool: str) -> tuple[SentimentModel, P
 def run_chunks(model_dir: Path, streams: list[np.ndarray]) -> list[np.ndarray]:
     """Every stream through the chunk graph in one batch, 16 tokens per run (the reference runtime's loop)."""
     outputs: list[list[np.ndarray]] = [[] for _ in streams]
-    for rows, probs in sentiment_steps(load_model(model_dir), [s.tolist() for s in streams]):
-        for row, p in zip(rows.tolist(), probs, strict=True):
-            outputs[row].extend(p[: len(streams[row]) - len(outputs[row])])
+    for rows, probs, counts in sentiment_steps(load_model(model_dir), [s.tolist() for s in streams]):
+        for row, p, count in zip(rows.tolist(), probs, counts.tolist(), strict=True):
+            outputs[row].extend(p[:count])
     return [np.stack(o) for o in outputs]
 
 
