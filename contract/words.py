@@ -78,6 +78,8 @@ class IncrementalWords:
     and the emitted tokens always equal those of the whole text read with the same cut.
     """
 
+    __slots__ = ("limit", "pending", "skipping", "tokenizer")  # a stream keeps one while idle
+
     def __init__(self, tokenizer: WordTokenizer, limit: int) -> None:
         if limit <= tokenizer.longest:
             raise ValueError(f"a token limit of {limit} characters would cut vocabulary words "

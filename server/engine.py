@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -206,18 +205,20 @@ class ModelRunner:
         for graph in self.graphs.values():
             graph.unregister()
 
-    def open(self, graph: str, rows: int = 1) -> AbstractContextManager[np.ndarray]:
-        """State slots for one stream of ``graph`` (initial values that are constants), released when the block ends
-        however it ends."""
+    def open(self, graph: str, rows: int = 1) -> Lease:
+        """State slots for one stream of ``graph``, set to their initial values (constants); a ``with`` block or
+        ``release`` gives them back."""
         return self.state(graph, self.graphs[graph].slots.lease(rows), {})
 
-    @contextmanager
-    def state(self, graph: str, lease: Lease, sources: dict[str, Arrays]) -> Iterator[np.ndarray]:
-        """The leased rows of ``graph``, set to their initial values (taken from ``sources``, the outputs of the
-        graphs they start from), released when the block ends however it ends."""
-        with lease:
+    def state(self, graph: str, lease: Lease, sources: dict[str, Arrays]) -> Lease:
+        """``lease``, its rows of ``graph`` set to their initial values (taken from ``sources``, the outputs of the
+        graphs they start from)."""
+        try:
             self.pools[graph].initialize(lease.rows, sources)
-            yield lease.rows
+        except BaseException:
+            lease.release()
+            raise
+        return lease
 
     async def run(self, graph: str, inputs: Arrays, slots: np.ndarray | None = None) -> Arrays:
         """One step of one stream: ``inputs`` (plain and context, ``[rows, ...]``) and its state ``slots``."""

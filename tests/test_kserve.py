@@ -7,6 +7,9 @@ Everything is compared with ``seqserve.v1``'s answers for the same inputs.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -33,6 +36,8 @@ from contract.repository import load_model
 from protos.inference import kserve_pb2, kserve_pb2_grpc
 from protos.seqserve.v1 import common_pb2, forecast_pb2
 from server.config import Config
+from server.metrics import Metrics
+from server.services.kserve.sequences import Sequences
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("sentiment", "forecast", "translation")
@@ -592,6 +597,41 @@ def test_an_idle_sequence_ends_is_counted_and_logged(repository: Path, tmp_path:
         client.close()
     finally:
         small.stop()
+
+
+def test_one_timer_ends_each_idle_sequence_at_its_own_time() -> None:
+    """Three sequences go idle 0.2 s apart (timeout 0.5 s); the second gets a request meanwhile. Each ends once idle
+    for the timeout, from one timer that holds no request's context."""
+
+    async def scenario() -> tuple[dict[int, float], int]:
+        sequences, ended, loop = Sequences(Metrics(), 0.5), {}, asyncio.get_running_loop()
+        marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
+        marker.set("a request's context")
+
+        class Held(contextlib.AbstractContextManager):
+            def __init__(self, number: int) -> None:
+                self.number = number
+
+            def __exit__(self, *exc: object) -> None:
+                ended[self.number] = loop.time() - started
+
+        async def request(number: int, start: bool) -> None:
+            turn = sequences.admit(("m", 1, number), start, False, None, {"model": "m", "method": "x", "protocol": "k"})
+            await sequences.run(turn, lambda: Held(number), lambda state, first: asyncio.sleep(0))
+
+        started = loop.time()
+        for number in (1, 2, 3):
+            await request(number, True)
+            await asyncio.sleep(0.2)
+        assert sequences.sweep is not None and marker not in sequences.sweep._context  # the timer's context is empty
+        await request(2, False)  # at 0.6 s: sequence 2 is idle from here
+        await asyncio.sleep(1.0)
+        return ended, len(sequences.idle) + len(sequences.open)
+
+    ended, left = asyncio.run(scenario())
+    assert left == 0 and sorted(ended) == [1, 2, 3]
+    for number, expected in ((1, 0.5), (3, 0.9), (2, 1.1)):
+        assert expected - 0.01 < ended[number] < expected + 0.15, ended
 
 
 def test_both_protocols_count_in_the_same_series(triton_client: triton.InferenceServerClient, seqserve: Client,

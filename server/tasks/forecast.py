@@ -11,8 +11,7 @@ sent; the fed-back medians stay the model's own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ from contract.manifest import ForecastPreprocessing
 from server.config import Config
 from server.engine import ModelRunner
 from server.errors import InputError, check_count
-from server.graph import Arrays
+from server.graph import Arrays, Holding, Lease
 
 
 @dataclass(frozen=True)
@@ -71,24 +70,25 @@ class ForecastTask:
             indices.append(match[0])
         return indices or list(range(len(self.pre.quantiles)))
 
-    @contextmanager
-    def series(self, history: list[float], start_month: int) -> Iterator[Series]:
-        """A stream from ``history`` (``start_month``: 1 = January, 0 = unknown), holding a state slot."""
-        with self.runner.open("step") as slots:
-            yield Series(self, slots, history, max(start_month - 1, 0))
+    def series(self, history: list[float], start_month: int) -> Series:
+        """A stream from ``history`` (``start_month``: 1 = January, 0 = unknown), holding a state slot in its
+        ``with`` block."""
+        return Series(self, history, max(start_month - 1, 0))
 
-    def resumed_series(self) -> AbstractContextManager[Series]:
+    def resumed_series(self) -> Series:
         """A stream for a resume token to ``thaw``: a placeholder history, every number of which the token sets."""
         return self.series([1.0] * max(self.pre.min_history, self.pre.prefix + 1), 0)
 
 
-class Series:
+class Series(Holding):
     """One stream; see the module docstring. Positions count from the start of the window (the month of position 0
     is ``month0``); ``values`` keeps only the model-unit values that later steps read (the last ``max(lags)``), from
     position ``first`` on, so a long ``Observe`` stream holds no more than a short one."""
 
-    def __init__(self, task: ForecastTask, slots: np.ndarray, history: list[float], month0: int) -> None:
-        self.task, self.pre, self.slots = task, task.pre, slots
+    __slots__ = ("first", "month0", "next_target", "observed", "pre", "recent", "scale", "task", "values")
+
+    def __init__(self, task: ForecastTask, history: list[float], month0: int) -> None:
+        self.task, self.pre = task, task.pre
         scaling = self.pre.scaling
         usable = min(scaling.context, len(history) - self.pre.prefix)
         window = history[-(self.pre.prefix + usable):]
@@ -99,6 +99,9 @@ class Series:
         self.next_target = self.pre.prefix + 1
         self.observed = len(history)
         self.recent = [float(v) for v in history[len(history) - self.pre.window:]] if self.pre.window else []
+
+    def take(self) -> Lease:
+        return self.task.runner.open("step")
 
     def _encode(self, values: list[float]) -> list[float]:
         return rules.encode(values, self.scale, self.pre.scaling.transform, self.pre.scaling.floor).tolist()

@@ -13,8 +13,7 @@ token's run (``bench/RESULTS.md``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +24,7 @@ from contract.words import IncrementalWords, WordTokenizer, padded_groups, whole
 from server.config import Config
 from server.engine import ModelRunner, gather_all
 from server.errors import InputError, check_count, check_texts
-from server.graph import Arrays
+from server.graph import Arrays, Holding, Lease
 
 # A Classify request with more characters than this is tokenized in a thread, text by text, so that other calls go
 # on meanwhile (tokenizing takes about 0.5 ms per 1,000 characters; docs/sentiment.md).
@@ -84,11 +83,9 @@ class SentimentTask:
         probs = out["probs"][0]
         return Classification(probs.tolist(), self.labels[int(np.argmax(probs))], len(ids))
 
-    @contextmanager
-    def stream(self) -> Iterator[Stream]:
-        """A running classification holding one state slot until the block ends."""
-        with self.runner.open(self.graph) as slots:
-            yield Stream(self, slots)
+    def stream(self) -> Stream:
+        """A running classification, holding one state slot in its ``with`` block."""
+        return Stream(self)
 
     def per_message(self, requested: int, field: str = "max_tokens_per_message") -> int:
         """Token updates per message that a stream asks for (0: one), at most the model's ``max_tokens``."""
@@ -101,13 +98,18 @@ def check_tokens(field: str, tokens: int, limit: int) -> None:
         raise InputError(f"{field} has {tokens} tokens, the limit is {limit} (the model's max_tokens)")
 
 
-class Stream:
+class Stream(Holding):
     """Text in chunks, one update per complete token; see ``IncrementalWords`` for when a token is complete."""
 
-    def __init__(self, task: SentimentTask, slots: np.ndarray) -> None:
-        self.task, self.slots = task, slots
+    __slots__ = ("position", "task", "words")
+
+    def __init__(self, task: SentimentTask) -> None:
+        self.task = task
         self.words = IncrementalWords(task.tokenizer, task.config.max_token_chars)
         self.position = 0
+
+    def take(self) -> Lease:
+        return self.task.runner.open(self.task.graph)
 
     def feed(self, chunk: str, field: str = "text", most: int = 0) -> AsyncIterator[list[TokenUpdate]]:
         """The updates of the tokens that ``chunk`` completes, ``most`` to a list (0: all in one) but the last;

@@ -7,8 +7,6 @@ new state back for the next step. Steps of many sequences are batched by the eng
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,7 +15,7 @@ from contract.manifest import Tensor
 from server.config import Config
 from server.engine import ModelRunner
 from server.errors import InputError, check_finite
-from server.graph import Arrays
+from server.graph import Arrays, Holding, Lease
 
 
 class StatefulTask:
@@ -52,18 +50,21 @@ class StatefulTask:
             if value.dtype.kind == "f":
                 check_finite(f"input {tensor.name!r}", value.ravel().tolist())
 
-    @contextmanager
-    def sequence(self) -> Iterator[Steps]:
-        """A sequence holding one state slot, its state at the manifest's ``initial``, until the block ends."""
-        with self.runner.open(self.graph) as slots:
-            yield Steps(self, slots)
+    def sequence(self) -> Steps:
+        """A sequence, holding one state slot (its state at the manifest's ``initial``) in its ``with`` block."""
+        return Steps(self)
 
 
-class Steps:
+class Steps(Holding):
     """One sequence: each ``step`` runs the graph on its inputs and the sequence's state."""
 
-    def __init__(self, task: StatefulTask, slots: np.ndarray) -> None:
-        self.task, self.slots = task, slots
+    __slots__ = ("task",)
+
+    def __init__(self, task: StatefulTask) -> None:
+        self.task = task
+
+    def take(self) -> Lease:
+        return self.task.runner.open(self.task.graph)
 
     async def step(self, inputs: Arrays) -> Arrays:
         """The graph's outputs that are not state, for checked ``inputs`` (``StatefulTask.check``)."""

@@ -249,9 +249,9 @@ class TranslationTask:
         context = self.runner.graphs[STEP].stream_context(sources)
         prev = np.array([self.pre.bos_id], dtype=np.int64)
         found: list[Token] = []
-        with self.runner.state(STEP, lease, sources) as slots:
+        with self.runner.state(STEP, lease, sources):
             for t in range(limit):
-                out = await self.runner.run(STEP, {"prev_tokens": prev, **context}, slots)
+                out = await self.runner.run(STEP, {"prev_tokens": prev, **context}, lease.rows)
                 if t < len(sent):
                     found.append(Token(sent[t], 0.0, out["attention"][0]))
                     prev = np.array([sent[t]], dtype=np.int64)
@@ -301,14 +301,14 @@ class TranslationTask:
         beam = Beam(width, self.pre.eos_id, penalty)
         prev = np.full(width, self.pre.bos_id, dtype=np.int64)
         hypotheses: list[list[Token]] = [[] for _ in range(width)]
-        with self.runner.state(STEP, lease, sources) as slots:
+        with self.runner.state(STEP, lease, sources):
             for t in range(limit):
-                out = await self.runner.run(STEP, {"prev_tokens": prev, **context}, slots)
+                out = await self.runner.run(STEP, {"prev_tokens": prev, **context}, lease.rows)
                 finished = beam.finished
                 origin, token, chosen = beam.advance(out["log_probs"], t + 1 >= limit)
                 hypotheses = [hypotheses[o] + ([] if finished[o] else [Token(int(k), float(p), out["attention"][o])])
                               for o, k, p in zip(origin, token, chosen, strict=True)]
-                self.runner.pools[STEP].reorder(slots, origin)
+                self.runner.pools[STEP].reorder(lease.rows, origin)
                 prev = token.astype(np.int64)
                 if beam.done:
                     break

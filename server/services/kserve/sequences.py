@@ -16,6 +16,7 @@ the server (``error``) or is cancelled, and when the server stops. Each end is c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -52,7 +53,6 @@ class Sequence:
     ended: str | None = None  # why it ended
     pending: int = 0  # admitted requests that have not finished
     last: asyncio.Event | None = None  # set when the request admitted last has finished; None: none is running
-    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -71,6 +71,12 @@ class Sequences:
     def __init__(self, metrics: Metrics, idle_timeout: float) -> None:
         self.metrics, self.idle_timeout = metrics, idle_timeout
         self.open: dict[Key, Sequence] = {}
+        # The sequences that no request is running for, by when their last one finished (the oldest first), and
+        # the one timer that ends those idle for ``idle_timeout``: a timer per sequence would keep, besides
+        # itself, the context of the request that set it (that call's task among it) while the sequence idles.
+        self.idle: dict[Sequence, float] = {}
+        self.sweep: asyncio.TimerHandle | None = None
+        self.labels: dict[tuple[str, ...], dict[str, str]] = {}  # one dict of each set of labels, not one a sequence
 
     def target(self, name: str, version: str, sequence_id: int | str) -> Any:
         """The ``target`` of the open sequence ``sequence_id`` of model ``name`` at ``version`` (empty: any
@@ -90,12 +96,11 @@ class Sequences:
             raise InputError(f"inference request for {describe(key)} must specify the START flag on the first "
                              "request of the sequence")
         if start:
+            labels = self.labels.setdefault(tuple(labels.values()), labels)
             sequence = self.open[key] = Sequence(key, owner, labels, target)
         if end:
             del self.open[key]  # the id may START again at once; this sequence closes after its last request
-        if sequence.timer is not None:
-            sequence.timer.cancel()
-            sequence.timer = None
+        self.idle.pop(sequence, None)
         turn = Turn(sequence, sequence.last, asyncio.Event(), end)
         sequence.last = turn.done
         sequence.pending += 1
@@ -135,7 +140,9 @@ class Sequences:
             elif turn.end or sequence.ended:
                 self.end(sequence, "completed")  # (an earlier reason stands)
             elif sequence.pending == 0:
-                sequence.timer = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire, sequence)
+                self.idle[sequence] = asyncio.get_running_loop().time()
+                if self.sweep is None:
+                    self._sweep()
 
     def abandon(self, turn: Turn) -> None:
         """A request that was admitted but never ran (its stream went away first): it ends its sequence."""
@@ -151,8 +158,14 @@ class Sequences:
         if turn.sequence.pending == 0:
             turn.sequence.last = None
 
-    def _expire(self, sequence: Sequence) -> None:
-        if sequence.pending == 0 and not sequence.ended:
+    def _sweep(self) -> None:
+        """End the sequences idle for ``idle_timeout``, and set the timer for the next one to be."""
+        loop, self.sweep = asyncio.get_running_loop(), None
+        while self.idle:
+            sequence, since = next(iter(self.idle.items()))
+            if since + self.idle_timeout > loop.time():
+                self.sweep = loop.call_at(since + self.idle_timeout, self._sweep, context=contextvars.Context())
+                return
             log.warning("%s: no request for %g s (sequence_idle_timeout_s), ending it and freeing its state",
                         describe(sequence.key), self.idle_timeout)
             self.end(sequence, "idle_timeout")
@@ -163,8 +176,7 @@ class Sequences:
             sequence.ended = reason
             if self.open.get(sequence.key) is sequence:
                 del self.open[sequence.key]
-            if sequence.timer is not None:
-                sequence.timer.cancel()
+            self.idle.pop(sequence, None)
         if sequence.pending or sequence.closed:
             return
         sequence.closed = True
@@ -183,3 +195,6 @@ class Sequences:
     def end_all(self, reason: str) -> None:
         for sequence in list(self.open.values()):
             self.end(sequence, reason)
+        if self.sweep is not None:
+            self.sweep.cancel()
+            self.sweep = None
