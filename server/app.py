@@ -71,7 +71,7 @@ class Server:
         self.metrics = Metrics()
         self.models = repository.load(config, self.metrics)
         self.reloader = Reloader(self.models, config, self.metrics)
-        self.calls = Calls(config.max_stream_age_s)
+        self.calls = Calls(config)
         options = [("grpc.max_receive_message_length", config.max_message_bytes)]
         if config.workers > 1:  # a worker shares the port with the others: SO_REUSEPORT spreads connections among them
             options.append(("grpc.so_reuseport", 1))

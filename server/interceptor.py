@@ -2,7 +2,7 @@
 that lets the server end a call itself (``rpc.Calls``: shutdown, maximum age).
 
 It wraps each method's handler (ours, health and reflection alike): its request deserializer returns
-``rpc.Undecodable`` instead of raising, and its behavior runs inside ``guard``. Health needs no token
+``rpc.Undecodable`` instead of raising, and its behavior runs inside ``wrapped``. Health needs no token
 and has no maximum age; its ``Watch`` streams are the first calls ended at shutdown.
 """
 
@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -47,39 +46,24 @@ class Interceptor(grpc.aio.ServerInterceptor):
         streaming = handler.request_streaming
         kind = next(k for k in KINDS if getattr(handler, k) is not None)
         behavior = getattr(handler, kind)
+        if inspect.isasyncgenfunction(behavior):  # reflection: responses yielded, written here instead
+            behavior = written(behavior)
 
-        if inspect.isasyncgenfunction(behavior):  # reflection: responses yielded
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self.guard(method, protocol, health, allowed, streaming, request, context) as checked:
-                    async for response in behavior(checked, context):
-                        yield response
-        else:  # ours and health: a coroutine that returns the response or writes the stream
-            async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with self.guard(method, protocol, health, allowed, streaming, request, context) as checked:
-                    return await behavior(checked, context)
-
-        deserializer = handler.request_deserializer
-        return handler._replace(**{kind: wrapped, "request_deserializer": deserializer and tolerant(deserializer)})
-
-    @asynccontextmanager
-    async def guard(self, method: str, protocol: str, health: bool, allowed: bool, streaming: bool, request: Any,
-                    context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        """Run one call: refuse it without a valid token or with an undecodable request (counted), track it while it
-        runs, and send the status of a call that the server ends itself. Yields the request (of a client stream: an
-        iterator that refuses undecodable messages)."""
-        try:
-            if not allowed:
-                log.warning("%s from %s: no valid bearer token", method, context.peer())
-                raise RequestError(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
-            checked = self.messages(request, method) if streaming else decoded(request, method)
-        except RequestError as error:
-            count_request(self.metrics, "", method, error.code, protocol)
-            await context.abort(error.code, error.message)
-        ending = None
-        with self.calls.track(health) as tracked:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            """Run one call: refuse it without a valid token or with an undecodable request (counted), track it
+            while it runs, and send the status of a call that the server ends itself. Plain code in one coroutine,
+            not a context manager: a call keeps its frame while it runs (``bench/idle_sessions.py``)."""
             try:
-                yield checked
-                return
+                if not allowed:
+                    log.warning("%s from %s: no valid bearer token", method, context.peer())
+                    raise RequestError(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+                checked = self.messages(request, method) if streaming else decoded(request, method)
+            except RequestError as error:
+                count_request(self.metrics, "", method, error.code, protocol)
+                await context.abort(error.code, error.message)
+            tracked = self.calls.start(health)
+            try:
+                return await behavior(checked, context)
             except asyncio.CancelledError:
                 if tracked.ending is None:  # the client's cancellation or deadline
                     raise
@@ -87,17 +71,32 @@ class Interceptor(grpc.aio.ServerInterceptor):
             except RequestError as error:  # an undecodable message from a request iterator
                 count_request(self.metrics, "", method, error.code, protocol)
                 await context.abort(error.code, error.message)
-        # Untracked by now: a status behind a message that a client does not read (a stalled write) goes out only
-        # once it reads, and its call holds nothing meanwhile.
-        try:
-            await context.abort(ending.code, ending.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as error:  # gRPC could not send it: the client left first
-            log.info("%s: the client left before its status (%s) was sent", method, ending.reason)
-            raise asyncio.CancelledError from error
+            finally:
+                self.calls.stop(tracked)
+            # Untracked by now: a status behind a message that a client does not read (a stalled write) goes out
+            # only once it reads, and its call holds nothing meanwhile.
+            try:
+                await context.abort(ending.code, ending.message)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # gRPC could not send it: the client left first
+                log.info("%s: the client left before its status (%s) was sent", method, ending.reason)
+                raise asyncio.CancelledError from error
+
+        deserializer = handler.request_deserializer
+        return handler._replace(**{kind: wrapped, "request_deserializer": deserializer and tolerant(deserializer)})
 
     @staticmethod
     async def messages(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
         async for message in requests:
             yield decoded(message, method)
+
+
+def written(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable[None]]:
+    """A handler that yields its responses as one that writes them (``context.write``), as ours do."""
+
+    async def write_all(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async for response in behavior(request, context):
+            await context.write(response)
+
+    return write_all

@@ -8,8 +8,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from server.config import Config
 from server.errors import InputError, Overloaded, clip
 from server.metrics import Metrics
 from server.repository import Repository, Served
+from server.timeouts import Timeouts
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,14 @@ SHUTDOWN = Ending("shutdown", grpc.StatusCode.UNAVAILABLE, "the server is shutti
                   freezes=True)
 
 
-@functools.cache
-def stream_endings(idle_timeout_s: float, write_timeout_s: float) -> tuple[Ending, Ending]:
-    """The endings of a silent client and of one that reads nothing: made once, not per call (an idle stream holds
-    them, ``bench/idle_sessions.py``)."""
-    idle = Ending("idle_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
-                  f"no message for {idle_timeout_s:g} s (idle_timeout_s): the stream was ended")
-    stalled = Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
-                     f"the client read nothing for {write_timeout_s:g} s (write_timeout_s): the stream was ended")
-    return idle, stalled
+def idle(seconds: float) -> Ending:
+    return Ending("idle_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
+                  f"no message for {seconds:g} s (idle_timeout_s): the stream was ended")
+
+
+def stalled(seconds: float) -> Ending:
+    return Ending("write_timeout", grpc.StatusCode.DEADLINE_EXCEEDED,
+                  f"the client read nothing for {seconds:g} s (write_timeout_s): the stream was ended")
 
 
 def max_age(seconds: float) -> Ending:
@@ -127,10 +126,10 @@ class Frozen(asyncio.CancelledError):
 class Tracked:
     """A call in progress: the task that runs it, so that the server can end it with an ``Ending``."""
 
+    calls: Calls = field(repr=False)  # all of them, and their timeouts
     health: bool  # grpc.health.v1: no maximum age, and shut down first
     task: asyncio.Task
     ending: Ending | None = None
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
     stopping: asyncio.Future | None = None  # a resumable stream's: done when an ending asks it to freeze
     cancelled: bool = False
 
@@ -152,32 +151,35 @@ CURRENT: contextvars.ContextVar[Tracked | None] = contextvars.ContextVar("seqser
 
 
 class Calls:
-    """Every call in progress (``track``), for the shutdown sequence and the maximum age."""
+    """Every call in progress (``start`` to ``stop``), for the shutdown sequence, and the timeouts that end calls:
+    the maximum age, and a stream's read or write that takes too long (``Call.read``, ``Call.write``)."""
 
-    def __init__(self, max_age_s: float) -> None:
-        self.max_age_s = max_age_s
+    def __init__(self, config: Config) -> None:
         self.live: set[Tracked] = set()
         self.quiet = asyncio.Event()  # no call in progress but health watches
         self.quiet.set()
+        aged, silent, unread = (max_age(config.max_stream_age_s), idle(config.idle_timeout_s),
+                                stalled(config.write_timeout_s))
+        self.ages: Timeouts[Tracked] = Timeouts(config.max_stream_age_s, lambda tracked: tracked.end(aged))
+        self.reads: Timeouts[Call] = Timeouts(config.idle_timeout_s, lambda call: call.tracked.end(silent))
+        self.writes: Timeouts[Call] = Timeouts(config.write_timeout_s, lambda call: call.tracked.end(unread))
 
-    @contextmanager
-    def track(self, health: bool) -> Iterator[Tracked]:
-        """The current task runs a call until the block ends; other than health, it is ended at ``max_age_s``."""
-        tracked = Tracked(health, asyncio.current_task())
+    def start(self, health: bool) -> Tracked:
+        """The current task runs a call until ``stop``; other than health, it is ended at ``max_age_s``. (Each call
+        runs in a task of its own, whose context ``CURRENT`` is set in.)"""
+        tracked = Tracked(self, health, asyncio.current_task())
         if not health:
-            tracked.timer = asyncio.get_running_loop().call_later(self.max_age_s, tracked.end, max_age(self.max_age_s))
+            self.ages.arm(tracked)
             self.quiet.clear()
         self.live.add(tracked)
-        token = CURRENT.set(tracked)
-        try:
-            yield tracked
-        finally:
-            CURRENT.reset(token)
-            self.live.discard(tracked)
-            if tracked.timer is not None:
-                tracked.timer.cancel()
-            if all(t.health for t in self.live):
-                self.quiet.set()
+        CURRENT.set(tracked)
+        return tracked
+
+    def stop(self, tracked: Tracked) -> None:
+        self.live.discard(tracked)
+        self.ages.disarm(tracked)
+        if all(t.health for t in self.live):
+            self.quiet.set()
 
     def end(self, ending: Ending, health: bool, force: bool = False) -> None:
         """End every health watch (``health``) or every other call (resumable streams freeze unless ``force``)."""
@@ -194,54 +196,18 @@ class Calls:
         return True
 
 
-class Deadline:
-    """A bound in time on each of a call's reads, or each of its writes: ``expire`` runs once one has taken
-    ``seconds``. One timer per call instead of one per message: when due, it looks at the operation under way
-    (if any) and is set again for that one's own due time."""
-
-    def __init__(self, seconds: float, expire: Callable[[], None]) -> None:
-        self.seconds, self.expire = seconds, expire
-        self.loop = asyncio.get_running_loop()
-        self.since: float | None = None  # when the operation under way started (loop time)
-        self.timer: asyncio.TimerHandle | None = None
-
-    async def bound(self, operation: Awaitable[Any]) -> Any:
-        self.since = self.loop.time()
-        if self.timer is None:
-            self.timer = self.loop.call_at(self.since + self.seconds, self._due)
-        try:
-            return await operation
-        finally:
-            self.since = None
-
-    def _due(self) -> None:
-        self.timer = None
-        if self.since is None:  # nothing under way: the next operation sets the timer again
-            return
-        due = self.since + self.seconds
-        if self.loop.time() >= due:
-            self.expire()
-        else:
-            self.timer = self.loop.call_at(due, self._due)
-
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
 class Call:
     """One call: its metrics (status, duration, time to first result, gaps between results, stream slots) and its
     stream's reads and writes, each bounded in time: a client that sends nothing for ``idle_timeout_s`` or takes no
     message for ``write_timeout_s`` ends the stream (logged, counted by reason)."""
 
-    def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext | None, config: Config,
+    __slots__ = ("context", "end_reason", "freeze", "last", "method", "metrics", "model", "per_result", "protocol",
+                 "results", "served", "started", "streams", "task", "tracked")
+
+    def __init__(self, metrics: Metrics, method: str, context: grpc.aio.ServicerContext | None,
                  protocol: str = SEQSERVE) -> None:
         self.metrics, self.method, self.context, self.protocol = metrics, method, context, protocol
         self.tracked = CURRENT.get()
-        self.idle, self.stalled = stream_endings(config.idle_timeout_s, config.write_timeout_s)
-        self.reading = Deadline(config.idle_timeout_s, lambda: self.tracked.end(self.idle))
-        self.writing = Deadline(config.write_timeout_s, lambda: self.tracked.end(self.stalled))
         self.model = self.task = ""
         self.served: Served | None = None  # the version it holds a lease on (hot reload unloads it after the call)
         self.started = self.last = time.perf_counter()
@@ -279,8 +245,6 @@ class Call:
     def close(self) -> None:
         """The handler has ended: its streams hold nothing any more (a status may still wait for a slow reader)."""
         self.release()
-        self.reading.cancel()
-        self.writing.cancel()
         if self.streams:
             self.metrics.active_streams.labels(**self.labels).dec(self.streams)
 
@@ -305,7 +269,7 @@ class Call:
         operation = self.context.read()
         if self.tracked.stopping is not None:
             operation = self._unless_stopped(operation)
-        message = await self.reading.bound(operation)
+        message = await self._bounded(operation, self.tracked.calls.reads)
         return None if message is grpc.aio.EOF else decoded(message, self.method)
 
     async def _unless_stopped(self, operation: Awaitable[Any]) -> Any:
@@ -323,9 +287,16 @@ class Call:
     async def write(self, message: Any, results: int = 1) -> None:
         """Send ``message``, which carries ``results`` tokens or steps. gRPC's flow control keeps what a client has
         not read within its window, so a client that stops reading stops the stream here."""
-        await self.writing.bound(self.context.write(message))
+        await self._bounded(self.context.write(message), self.tracked.calls.writes)
         if results:
             self.emitted(results)
+
+    async def _bounded(self, operation: Awaitable[Any], timeouts: Timeouts[Call]) -> Any:
+        timeouts.arm(self)
+        try:
+            return await operation
+        finally:
+            timeouts.disarm(self)
 
     def emitted(self, count: int = 1) -> None:
         now = time.perf_counter()
@@ -389,7 +360,7 @@ def rpc(method: str, protocol: str = SEQSERVE) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = Call(self.metrics, method, context, self.config, protocol)
+            call = Call(self.metrics, method, context, protocol)
             try:
                 result = await handler(self, request, context, call)
             except asyncio.CancelledError as cancelled:

@@ -623,10 +623,10 @@ def test_one_timer_ends_each_idle_sequence_at_its_own_time() -> None:
         for number in (1, 2, 3):
             await request(number, True)
             await asyncio.sleep(0.2)
-        assert sequences.sweep is not None and marker not in sequences.sweep._context  # the timer's context is empty
+        assert sequences.idle.timer is not None and marker not in sequences.idle.timer._context  # an empty context
         await request(2, False)  # at 0.6 s: sequence 2 is idle from here
         await asyncio.sleep(1.0)
-        return ended, len(sequences.idle) + len(sequences.open)
+        return ended, len(sequences.idle.armed) + len(sequences.open)
 
     ended, left = asyncio.run(scenario())
     assert left == 0 and sorted(ended) == [1, 2, 3]

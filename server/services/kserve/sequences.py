@@ -16,7 +16,6 @@ the server (``error``) or is cancelled, and when the server stops. Each end is c
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 from server.errors import InputError
 from server.metrics import Metrics
+from server.timeouts import Timeouts
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ class Sequences:
     def __init__(self, metrics: Metrics, idle_timeout: float) -> None:
         self.metrics, self.idle_timeout = metrics, idle_timeout
         self.open: dict[Key, Sequence] = {}
-        # The sequences that no request is running for, by when their last one finished (the oldest first), and
-        # the one timer that ends those idle for ``idle_timeout``: a timer per sequence would keep, besides
-        # itself, the context of the request that set it (that call's task among it) while the sequence idles.
-        self.idle: dict[Sequence, float] = {}
-        self.sweep: asyncio.TimerHandle | None = None
+        self.idle: Timeouts[Sequence] = Timeouts(idle_timeout, self._expire)  # those no request is running for
         self.labels: dict[tuple[str, ...], dict[str, str]] = {}  # one dict of each set of labels, not one a sequence
 
     def target(self, name: str, version: str, sequence_id: int | str) -> Any:
@@ -100,7 +96,7 @@ class Sequences:
             sequence = self.open[key] = Sequence(key, owner, labels, target)
         if end:
             del self.open[key]  # the id may START again at once; this sequence closes after its last request
-        self.idle.pop(sequence, None)
+        self.idle.disarm(sequence)
         turn = Turn(sequence, sequence.last, asyncio.Event(), end)
         sequence.last = turn.done
         sequence.pending += 1
@@ -140,9 +136,7 @@ class Sequences:
             elif turn.end or sequence.ended:
                 self.end(sequence, "completed")  # (an earlier reason stands)
             elif sequence.pending == 0:
-                self.idle[sequence] = asyncio.get_running_loop().time()
-                if self.sweep is None:
-                    self._sweep()
+                self.idle.arm(sequence)
 
     def abandon(self, turn: Turn) -> None:
         """A request that was admitted but never ran (its stream went away first): it ends its sequence."""
@@ -158,17 +152,10 @@ class Sequences:
         if turn.sequence.pending == 0:
             turn.sequence.last = None
 
-    def _sweep(self) -> None:
-        """End the sequences idle for ``idle_timeout``, and set the timer for the next one to be."""
-        loop, self.sweep = asyncio.get_running_loop(), None
-        while self.idle:
-            sequence, since = next(iter(self.idle.items()))
-            if since + self.idle_timeout > loop.time():
-                self.sweep = loop.call_at(since + self.idle_timeout, self._sweep, context=contextvars.Context())
-                return
-            log.warning("%s: no request for %g s (sequence_idle_timeout_s), ending it and freeing its state",
-                        describe(sequence.key), self.idle_timeout)
-            self.end(sequence, "idle_timeout")
+    def _expire(self, sequence: Sequence) -> None:
+        log.warning("%s: no request for %g s (sequence_idle_timeout_s), ending it and freeing its state",
+                    describe(sequence.key), self.idle_timeout)
+        self.end(sequence, "idle_timeout")
 
     def end(self, sequence: Sequence, reason: str) -> None:
         """End ``sequence`` for ``reason``: at once, or after its requests in flight have finished."""
@@ -176,7 +163,7 @@ class Sequences:
             sequence.ended = reason
             if self.open.get(sequence.key) is sequence:
                 del self.open[sequence.key]
-            self.idle.pop(sequence, None)
+            self.idle.disarm(sequence)
         if sequence.pending or sequence.closed:
             return
         sequence.closed = True
@@ -195,6 +182,4 @@ class Sequences:
     def end_all(self, reason: str) -> None:
         for sequence in list(self.open.values()):
             self.end(sequence, reason)
-        if self.sweep is not None:
-            self.sweep.cancel()
-            self.sweep = None
+        self.idle.cancel()

@@ -349,7 +349,7 @@ class KServeService(kserve_pb2_grpc.GRPCInferenceServiceServicer):
 
         try:
             async for request in requests:
-                call = Call(self.metrics, "ModelStreamInfer", None, self.config, KSERVE)
+                call = Call(self.metrics, "ModelStreamInfer", None, KSERVE)
                 try:
                     job: Job | Exception = self._admit(request, call, owner=writer)
                 except Exception as error:  # answered in error_message, below
