@@ -57,6 +57,7 @@ class SentimentService(sentiment_pb2_grpc.SentimentServicer):
                 call.resumable(send_token)
             while message is not None:
                 await self._send(updates, task.labels, call, most > 1)
+                updates = None  # spent: an idle stream does not keep it (bench/idle_sessions.py)
                 read += 1
                 if message.want_resume_token:
                     self.resume.require("want_resume_token")
