@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from contract.manifest import Reference
 from contract.repository import Model
 from server.config import Config
 from server.errors import Overloaded
@@ -37,11 +38,15 @@ class StatePool:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
         self.arrays = {s.input: np.zeros((graph.slots.capacity, *s.shape), dtype=s.dtype) for s in graph.state}
+        # A constant ``initial`` is written as the scalar it is, not as a row made anew for every stream.
+        self.constants = {s.input: np.array(s.initial, dtype=s.dtype) for s in graph.state
+                          if not isinstance(s.initial, Reference)}
 
     def initialize(self, slots: np.ndarray, sources: dict[str, Arrays]) -> None:
         """Set each state of ``slots`` to its ``initial`` value."""
         for spec in self.graph.state:
-            self.arrays[spec.input][slots] = initial_state(spec, sources)
+            constant = self.constants.get(spec.input)
+            self.arrays[spec.input][slots] = initial_state(spec, sources) if constant is None else constant
 
     def reorder(self, slots: np.ndarray, parents: np.ndarray) -> None:
         """Beam search: row ``i`` of ``slots`` takes the state of row ``parents[i]``."""

@@ -33,16 +33,26 @@ UNAUTHENTICATED = "a bearer token is required: send the metadata 'authorization:
 class Interceptor(grpc.aio.ServerInterceptor):
     def __init__(self, calls: Calls, tokens: Tokens, metrics: Metrics) -> None:
         self.calls, self.tokens, self.metrics = calls, tokens, metrics
+        # Each method's wrapped handler, for callers with a valid token and without one: made once, not per call
+        # (the wrapping and its closures cost a call time, and memory while it runs).
+        self.wrapped: dict[tuple[str, bool], Any] = {}
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
-        health = details.method.startswith(HEALTH)
-        allowed = health or self.tokens.allow(details.invocation_metadata)
-        method = details.method.rsplit("/", 1)[-1]
-        protocol = KSERVE if details.method.startswith(f"/{KSERVE_SERVICE}/") else SEQSERVE
+        allowed = details.method.startswith(HEALTH) or self.tokens.allow(details.invocation_metadata)
+        wrapped = self.wrapped.get((details.method, allowed))
+        if wrapped is None:
+            wrapped = self.wrapped[details.method, allowed] = self.wrap(handler, details.method, allowed)
+        return wrapped
+
+    def wrap(self, handler: Any, path: str, allowed: bool) -> Any:
+        """``handler`` of the method ``path`` (``/package.Service/Method``) for callers that are ``allowed`` or not."""
+        health = path.startswith(HEALTH)
+        method = path.rsplit("/", 1)[-1]
+        protocol = KSERVE if path.startswith(f"/{KSERVE_SERVICE}/") else SEQSERVE
         streaming = handler.request_streaming
         kind = next(k for k in KINDS if getattr(handler, k) is not None)
         behavior = getattr(handler, kind)
