@@ -67,7 +67,7 @@ class Interceptor(grpc.aio.ServerInterceptor):
                 if not allowed:
                     log.warning("%s from %s: no valid bearer token", method, context.peer())
                     raise RequestError(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
-                checked = self.messages(request, method) if streaming else decoded(request, method)
+                checked = Decoded(request, method) if streaming else decoded(request, method)
             except RequestError as error:
                 count_request(self.metrics, "", method, error.code, protocol)
                 await context.abort(error.code, error.message)
@@ -96,10 +96,6 @@ class Interceptor(grpc.aio.ServerInterceptor):
         deserializer = handler.request_deserializer
         return handler._replace(**{kind: wrapped, "request_deserializer": deserializer and tolerant(deserializer)})
 
-    @staticmethod
-    async def messages(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
-        async for message in requests:
-            yield decoded(message, method)
 
 
 def written(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable[None]]:
@@ -110,3 +106,19 @@ def written(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaita
             await context.write(response)
 
     return write_all
+
+
+class Decoded:
+    """A client stream's messages, each through ``decoded`` (an undecodable one raises ``RequestError``). A class and
+    not an async generator: every streaming call makes one, and most read through ``Call.read`` instead."""
+
+    __slots__ = ("method", "requests")
+
+    def __init__(self, requests: AsyncIterator[Any], method: str) -> None:
+        self.requests, self.method = requests, method
+
+    def __aiter__(self) -> Decoded:
+        return self
+
+    async def __anext__(self) -> Any:
+        return decoded(await anext(self.requests), self.method)
