@@ -66,13 +66,20 @@ class Sequence:
         """The results in order, up to ``most`` per list: whatever has arrived, or with ``fill`` (after the
         first result) ``most`` at a time, held back until there are that many or the sequence has ended."""
         self.hold = most if fill else 1
+        first, items = fill, []  # with ``fill``: the first result alone, then ``most`` a list, whenever they come
         while True:
-            items = await self.results.get()
+            items += await self.results.get()
             while not self.results.empty() and not ended(items):
                 items += self.results.get_nowait()
             last = items.pop() if ended(items) else None
-            for start in range(0, len(items), most):
+            if first and items:
+                first = False
+                yield items[:1]
+                del items[:1]
+            whole = len(items) if last is not None or not fill else len(items) - len(items) % most
+            for start in range(0, whole, most):
                 yield items[start : start + most]
+            del items[:whole]
             if isinstance(last, Exception):
                 raise last
             if last is END:

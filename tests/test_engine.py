@@ -23,8 +23,8 @@ from contract.repository import Model
 from server.config import Config
 from server.engine import ModelRunner, Scheduler, StatePool, StepRequest, gather_all
 from server.errors import Overloaded
-from server.generation import Generator
-from server.graph import Graph, Slots
+from server.generation import END, Generator, Sequence, deliver
+from server.graph import Graph, Lease, Slots
 from server.metrics import Metrics
 
 INT, FLOAT = "tensor(int64)", "tensor(float)"
@@ -399,6 +399,19 @@ def test_a_decoded_sequence_gives_its_slot_back_before_its_results_are_read() ->
         await gen.stop()
 
     asyncio.run(scenario())
+
+
+def test_filled_messages_keep_their_sizes_when_the_reader_lags() -> None:
+    """With ``fill``: the first result alone, then ``most`` a list, the rest at the end, also when the stream reads
+    only once every list has been delivered (a loaded machine)."""
+
+    async def scenario() -> list[list[object]]:
+        sequence = Sequence({}, {}, 10, Lease(Slots(1, "test"), np.array([0])))
+        sequence.hold = 4  # as ``chunks(4, fill=True)`` sets it when the stream starts reading
+        deliver([(sequence, token) for token in range(1, 11)] + [(sequence, END)])
+        return [chunk async for chunk in sequence.chunks(4, fill=True)]
+
+    assert asyncio.run(scenario()) == [[1], [2, 3, 4, 5], [6, 7, 8, 9], [10]]
 
 
 def test_generator_step_and_wall_time_are_recorded() -> None:
