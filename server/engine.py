@@ -64,8 +64,8 @@ class StatePool:
 @dataclass
 class StepRequest:
     inputs: Arrays  # plain inputs and context, each [rows, ...]
-    slots: np.ndarray | None = None
-    future: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    slots: np.ndarray | None
+    future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -82,9 +82,11 @@ class Scheduler:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{graph.model.name}-{graph.name}")
         graph.queues.append(self.queue.qsize)
         self.task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # kept: asyncio's look-up costs a getpid per step
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._loop(), name=f"scheduler {self.graph.labels}")
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._loop(), name=f"scheduler {self.graph.labels}")
 
     async def stop(self) -> None:
         if self.task:
@@ -92,7 +94,9 @@ class Scheduler:
             await asyncio.gather(self.task, return_exceptions=True)
         self.executor.shutdown(wait=True)
 
-    async def submit(self, request: StepRequest) -> Arrays:
+    async def submit(self, inputs: Arrays, slots: np.ndarray | None) -> Arrays:
+        """The outputs of one step of ``inputs`` with the state of ``slots``, once its batch has run."""
+        request = StepRequest(inputs, slots, self.loop.create_future())
         try:
             self.queue.put_nowait(request)
         except asyncio.QueueFull:
@@ -227,4 +231,4 @@ class ModelRunner:
 
     async def run(self, graph: str, inputs: Arrays, slots: np.ndarray | None = None) -> Arrays:
         """One step of one stream: ``inputs`` (plain and context, ``[rows, ...]``) and its state ``slots``."""
-        return await self.schedulers[graph].submit(StepRequest(inputs, slots))
+        return await self.schedulers[graph].submit(inputs, slots)

@@ -25,25 +25,27 @@ class Timeouts(Generic[Item]):
         self.seconds, self.expire = seconds, expire
         self.armed: dict[Item, float] = {}  # item -> when it was armed (loop time), the oldest first
         self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the first arm's (asyncio's look-up costs a getpid)
 
     def arm(self, item: Item) -> None:
         """Start ``item``'s timeout again from now."""
-        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
         self.armed.pop(item, None)
-        self.armed[item] = now = loop.time()
+        self.armed[item] = now = self.loop.time()
         if self.timer is None:
-            self.timer = loop.call_at(now + self.seconds, self._due, context=contextvars.Context())
+            self.timer = self.loop.call_at(now + self.seconds, self._due, context=contextvars.Context())
 
     def disarm(self, item: Item) -> None:
         self.armed.pop(item, None)
 
     def _due(self) -> None:
         """Expire what is due, and set the timer for the first that is not."""
-        loop, self.timer = asyncio.get_running_loop(), None
+        self.timer = None
         while self.armed:
             item, since = next(iter(self.armed.items()))
-            if since + self.seconds > loop.time():
-                self.timer = loop.call_at(since + self.seconds, self._due, context=contextvars.Context())
+            if since + self.seconds > self.loop.time():
+                self.timer = self.loop.call_at(since + self.seconds, self._due, context=contextvars.Context())
                 return
             del self.armed[item]
             self.expire(item)

@@ -247,11 +247,12 @@ def test_scheduler_skips_requests_cancelled_while_queued_and_keeps_state_per_slo
         slots = graph.slots.acquire(2)
         pool.initialize(slots, {"encoder": {"state": np.array([[5.0, 0.0]], np.float32)}})
         keys = {"keys": np.zeros((1, 2), np.float32)}
-        gone = StepRequest({"prev_tokens": np.array([1]), **keys}, slots[:1])
+        loop = asyncio.get_running_loop()
+        gone = StepRequest({"prev_tokens": np.array([1]), **keys}, slots[:1], loop.create_future())
         gone.future.cancel()
         scheduler.queue.put_nowait(gone)
         scheduler.start()
-        out = await scheduler.submit(StepRequest({"prev_tokens": np.array([7]), **keys}, slots[1:]))
+        out = await scheduler.submit({"prev_tokens": np.array([7]), **keys}, slots[1:])
         await scheduler.stop()
         assert sessions["decoder_step"].batches == [1]
         assert out["log_probs"][0, 0] == 6.0  # the slot's own state: 5 + one step
