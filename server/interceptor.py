@@ -97,7 +97,6 @@ class Interceptor(grpc.aio.ServerInterceptor):
         return handler._replace(**{kind: wrapped, "request_deserializer": deserializer and tolerant(deserializer)})
 
 
-
 def written(behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., Awaitable[None]]:
     """A handler that yields its responses as one that writes them (``context.write``), as ours do."""
 
